@@ -1,0 +1,114 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax.models.vit import VisionTransformer, check_grid
+
+TINY = dict(num_classes=10, patch_size=8, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64)
+
+
+def init(model, shape):
+  return model.init(jax.random.key(0), jnp.zeros(shape))["params"]
+
+
+def test_output_shape_and_dtype():
+  model = VisionTransformer(**TINY)
+  params = init(model, (1, 32, 32, 3))
+  logits = model.apply({"params": params}, jnp.ones((5, 32, 32, 3)))
+  assert logits.shape == (5, 10)
+  assert logits.dtype == jnp.float32
+
+
+def test_non_square_input_uses_the_whole_grid():
+  model = VisionTransformer(**TINY)
+  params = init(model, (1, 32, 48, 3))  # 4 x 6 patches
+  assert params["Transformer"]["posembed_input"]["pos_embedding"].shape == (1, 4 * 6 + 1, 32)
+  logits = model.apply({"params": params}, jnp.ones((2, 32, 48, 3)))
+  assert logits.shape == (2, 10)
+
+
+def test_gap_pooling_has_no_class_token():
+  model = VisionTransformer(**TINY, pool="gap")
+  params = init(model, (1, 32, 48, 3))
+  assert "cls" not in params
+  assert params["Transformer"]["posembed_input"]["pos_embedding"].shape == (1, 24, 32)
+
+
+def test_image_not_divisible_by_patch_is_a_clear_error():
+  model = VisionTransformer(**TINY)
+  with pytest.raises(ValueError, match=r"30x32 is not divisible by the patch size 8"):
+    init(model, (1, 30, 32, 3))
+  assert check_grid(32, 48, 8) == (4, 6)
+
+
+def test_parameter_names_follow_the_original_format():
+  model = VisionTransformer(**TINY, representation_size=16)
+  params = init(model, (1, 32, 32, 3))
+  flat = {"/".join(k.key for k in path): v.shape
+          for path, v in jax.tree_util.tree_leaves_with_path(params)}
+  block = "Transformer/encoderblock_1"
+  assert flat["embedding/kernel"] == (8, 8, 3, 32)
+  assert flat["cls"] == (1, 1, 32)
+  assert flat["Transformer/posembed_input/pos_embedding"] == (1, 17, 32)
+  assert flat[f"{block}/MultiHeadDotProductAttention_1/query/kernel"] == (32, 4, 8)
+  assert flat[f"{block}/MultiHeadDotProductAttention_1/query/bias"] == (4, 8)
+  assert flat[f"{block}/MultiHeadDotProductAttention_1/out/kernel"] == (4, 8, 32)
+  assert flat[f"{block}/MultiHeadDotProductAttention_1/out/bias"] == (32,)
+  assert flat[f"{block}/LayerNorm_0/scale"] == (32,)
+  assert flat[f"{block}/LayerNorm_2/bias"] == (32,)
+  assert flat[f"{block}/MlpBlock_3/Dense_0/kernel"] == (32, 64)
+  assert flat[f"{block}/MlpBlock_3/Dense_1/kernel"] == (64, 32)
+  assert flat["Transformer/encoder_norm/scale"] == (32,)
+  assert flat["pre_logits/kernel"] == (32, 16)
+  assert flat["head/kernel"] == (16, 10)
+
+
+def test_zero_init_head_outputs_its_bias():
+  model = VisionTransformer(**TINY, head_bias_init=-10.0)
+  params = init(model, (1, 32, 32, 3))
+  x = jax.random.normal(jax.random.key(1), (3, 32, 32, 3))
+  np.testing.assert_array_equal(model.apply({"params": params}, x), np.full((3, 10), -10.0))
+
+
+def test_tokens_are_in_raster_order():
+  # Without position embeddings the encoder is permutation-equivariant over patches, so moving a
+  # patch must move exactly the matching token of the final sequence.
+  model = VisionTransformer(**TINY, posemb="none")
+  params = init(model, (1, 16, 24, 3))
+  x = jax.random.normal(jax.random.key(2), (1, 16, 24, 3))
+
+  def tokens(img):
+    _, state = model.apply({"params": params}, img, capture_intermediates=True)
+    return state["intermediates"]["Transformer"]["encoder_norm"]["__call__"][0][0, 1:]
+
+  swapped = x.at[:, 0:8, 0:8].set(x[:, 8:16, 16:24]).at[:, 8:16, 16:24].set(x[:, 0:8, 0:8])
+  a, b = tokens(x), tokens(swapped)
+  # Patch (0, 0) is token 0 and patch (1, 2) is token 1 * 3 + 2 = 5 in a 2 x 3 grid.
+  np.testing.assert_allclose(a[0], b[5], atol=1e-5)
+  np.testing.assert_allclose(a[5], b[0], atol=1e-5)
+  np.testing.assert_allclose(a[1], b[1], atol=1e-5)
+
+
+def test_dropout_only_in_training():
+  model = VisionTransformer(**TINY, dropout=0.5, pool="gap")
+  params = init(model, (1, 32, 32, 3))
+  params["head"]["kernel"] = jax.random.normal(jax.random.key(3), params["head"]["kernel"].shape)
+  x = jax.random.normal(jax.random.key(4), (2, 32, 32, 3))
+  eval_a = model.apply({"params": params}, x)
+  eval_b = model.apply({"params": params}, x, train=False)
+  train = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(5)})
+  np.testing.assert_array_equal(eval_a, eval_b)
+  assert not np.allclose(eval_a, train)
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+  f32 = VisionTransformer(**TINY, pool="gap")
+  bf16 = VisionTransformer(**TINY, pool="gap", dtype=jnp.bfloat16)
+  params = init(bf16, (1, 32, 32, 3))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  params["head"]["kernel"] = jax.random.normal(jax.random.key(3), params["head"]["kernel"].shape)
+  x = jax.random.normal(jax.random.key(6), (2, 32, 32, 3))
+  low = bf16.apply({"params": params}, x)
+  assert low.dtype == jnp.float32
+  np.testing.assert_allclose(low, f32.apply({"params": params}, x), atol=0.15, rtol=0.05)

@@ -1,0 +1,174 @@
+"""The Vision Transformer (Dosovitskiy et al., ICLR 2021) as Flax linen modules.
+
+Parameter names follow the original checkpoint format (see docs/design.md): `embedding`, `cls`,
+`Transformer/encoderblock_{i}/{LayerNorm_0,MultiHeadDotProductAttention_1,LayerNorm_2,MlpBlock_3}`,
+`Transformer/encoder_norm`, `pre_logits`, `head`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vit_jax.models import posemb
+
+POOLS = ("token", "gap")
+Dtype = Any
+
+
+class MlpBlock(nn.Module):
+  """Dense(mlp_dim) -> GELU -> dropout -> Dense(width) -> dropout."""
+
+  mlp_dim: int
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    dense = dict(
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.xavier_uniform(),
+        bias_init=nn.initializers.normal(stddev=1e-6),
+    )
+    width = x.shape[-1]
+    x = nn.Dense(self.mlp_dim, name="Dense_0", **dense)(x)
+    x = nn.gelu(x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = nn.Dense(width, name="Dense_1", **dense)(x)
+    return nn.Dropout(self.dropout, deterministic=not train)(x)
+
+
+class EncoderBlock(nn.Module):
+  """Pre-LayerNorm block: x + MHSA(LN(x)), then x + MLP(LN(x))."""
+
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  attention_dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    y = nn.LayerNorm(name="LayerNorm_0", **dt)(x)
+    y = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads,
+        kernel_init=nn.initializers.xavier_uniform(),
+        broadcast_dropout=False,
+        dropout_rate=self.attention_dropout,
+        deterministic=not train,
+        name="MultiHeadDotProductAttention_1",
+        **dt,
+    )(y, y)
+    x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
+    y = nn.LayerNorm(name="LayerNorm_2", **dt)(x)
+    y = MlpBlock(self.mlp_dim, self.dropout, name="MlpBlock_3", **dt)(y, train=train)
+    return x + y
+
+
+class Encoder(nn.Module):
+  """Position embedding, a stack of encoder blocks and the final LayerNorm."""
+
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  posemb: str = "learn1d"
+  dropout: float = 0.0
+  attention_dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    x = posemb.add_position_embedding(self.posemb, x, self.param_dtype)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    for i in range(self.num_layers):
+      x = EncoderBlock(
+          num_heads=self.num_heads,
+          mlp_dim=self.mlp_dim,
+          dropout=self.dropout,
+          attention_dropout=self.attention_dropout,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f"encoderblock_{i}",
+      )(x, train=train)
+    return nn.LayerNorm(name="encoder_norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
+
+
+def check_grid(height: int, width: int, patch_size: int) -> tuple[int, int]:
+  """Returns the patch grid (gh, gw), or raises a clear error when the image does not tile."""
+  if height % patch_size or width % patch_size:
+    raise ValueError(
+        f"image size {height}x{width} is not divisible by the patch size {patch_size}; "
+        f"use an image size that is a multiple of {patch_size} (e.g. "
+        f"{max(1, round(height / patch_size)) * patch_size}x"
+        f"{max(1, round(width / patch_size)) * patch_size})"
+    )
+  return height // patch_size, width // patch_size
+
+
+class VisionTransformer(nn.Module):
+  """ViT classifier: strided-conv patch embedding, Transformer encoder, pooling and head.
+
+  Takes images (B, H, W, C) with H and W multiples of `patch_size` and returns float32 logits
+  (B, num_classes). The pooled (or pre-logits) features are sown as `intermediates/pre_logits`.
+  """
+
+  num_classes: int
+  patch_size: int
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  posemb: str = "learn1d"
+  pool: str = "token"
+  representation_size: int = 0
+  dropout: float = 0.0
+  attention_dropout: float = 0.0
+  head_bias_init: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+    if self.pool not in POOLS:
+      raise ValueError(f"unknown pooling '{self.pool}'; choose one of: {', '.join(POOLS)}")
+    batch, height, width, _ = images.shape
+    check_grid(height, width, self.patch_size)
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    p = self.patch_size
+    x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding="VALID", name="embedding", **dt)(
+        images.astype(self.dtype)
+    )
+    x = x.reshape(batch, -1, self.hidden_size)  # patches in raster (row-major) order
+    if self.pool == "token":
+      cls = self.param("cls", nn.initializers.zeros, (1, 1, self.hidden_size), self.param_dtype)
+      x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (batch, 1, 1)), x], axis=1)
+    x = Encoder(
+        num_layers=self.num_layers,
+        num_heads=self.num_heads,
+        mlp_dim=self.mlp_dim,
+        posemb=self.posemb,
+        dropout=self.dropout,
+        attention_dropout=self.attention_dropout,
+        name="Transformer",
+        **dt,
+    )(x, train=train)
+    x = x[:, 0] if self.pool == "token" else jnp.mean(x, axis=1)
+    if self.representation_size:
+      x = nn.tanh(nn.Dense(self.representation_size, name="pre_logits", **dt)(x))
+    self.sow("intermediates", "pre_logits", x)
+    logits = nn.Dense(
+        self.num_classes,
+        kernel_init=nn.initializers.zeros,
+        bias_init=nn.initializers.constant(self.head_bias_init),
+        name="head",
+        **dt,
+    )(x)
+    return logits.astype(jnp.float32)
