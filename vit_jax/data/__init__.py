@@ -1,0 +1,1 @@
+"""Input pipelines: tfds datasets by name, and the offline bundled MNIST subset."""

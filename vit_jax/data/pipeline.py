@@ -1,0 +1,141 @@
+"""Datasets by name -> per-process iterators of numpy batches {"image", "label", "mask"}.
+
+Training batches are a pure function of (seed, batch index): batch b holds the global examples
+b*B ... b*B+B-1 of an endless stream of per-epoch permutations, so a run restarted at step s
+continues with exactly the batches it would have seen. Each process yields its own slice of every
+global batch. Evaluation batches cover the split exactly once; the last one is padded and the
+padding has mask 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from vit_jax.data import bundled, preprocess
+
+Batch = dict[str, np.ndarray]
+
+
+class DatasetError(ValueError):
+  """A dataset cannot be found, read or prepared."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Feed:
+  """How batches are cut and preprocessed, independent of where the examples come from."""
+
+  batch_size: int  # global training batch
+  eval_batch_size: int  # global evaluation batch
+  image_size: int
+  channels: int
+  augment: str
+  seed: int
+  process_index: int = 0
+  process_count: int = 1
+
+  def local(self, global_size: int) -> slice:
+    """The slice of a global batch that belongs to this process."""
+    n = global_size // self.process_count
+    return slice(self.process_index * n, (self.process_index + 1) * n)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """What the trainer sees of a dataset: sizes and batch iterators, never its name."""
+
+  num_classes: int
+  num_train: int
+  num_eval: int
+  train_batches: Callable[[int], Iterator[Batch]]  # first batch index -> endless iterator
+  eval_batches: Callable[[], Iterator[Batch]]
+
+
+class ArraySource:
+  """Batches from uint8 images held in memory."""
+
+  def __init__(self, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+               feed: Feed):
+    if feed.augment not in preprocess.NUMPY_AUGMENTS:
+      raise DatasetError(
+          f"augment '{feed.augment}' is not available for in-memory datasets; "
+          f"use one of {preprocess.NUMPY_AUGMENTS}"
+      )
+    self.train_images, self.train_labels = train
+    self.test_images, self.test_labels = test
+    self.feed = feed
+    self._perms: dict[int, np.ndarray] = {}
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    if epoch not in self._perms:
+      rng = np.random.default_rng([self.feed.seed, epoch])
+      # A batch spans at most two epochs, so keeping the newest two avoids recomputation.
+      self._perms = {e: p for e, p in self._perms.items() if e == epoch - 1}
+      self._perms[epoch] = rng.permutation(len(self.train_labels))
+    return self._perms[epoch]
+
+  def train_indices(self, batch_index: int) -> np.ndarray:
+    """Global example indices of training batch `batch_index`."""
+    n, b = len(self.train_labels), self.feed.batch_size
+    stream = batch_index * b + np.arange(b)
+    epochs, positions = np.divmod(stream, n)
+    indices = np.empty(b, np.int64)
+    for epoch in np.unique(epochs):
+      here = epochs == epoch
+      indices[here] = self._permutation(int(epoch))[positions[here]]
+    return indices
+
+  def train_batches(self, start: int = 0) -> Iterator[Batch]:
+    f = self.feed
+    local = f.local(f.batch_size)
+    batch_index = start
+    while True:
+      idx = self.train_indices(batch_index)
+      rng = np.random.default_rng([f.seed, batch_index, 1])
+      images = preprocess.numpy_augment(self.train_images[idx], f.augment, rng)[local]
+      yield {
+          "image": preprocess.numpy_to_model_input(images, f.image_size, f.channels),
+          "label": self.train_labels[idx][local],
+          "mask": np.ones(len(idx), np.float32)[local],
+      }
+      batch_index += 1
+
+  def eval_batches(self) -> Iterator[Batch]:
+    f = self.feed
+    n, b = len(self.test_labels), f.eval_batch_size
+    local = f.local(b)
+    for start in range(0, n, b):
+      idx = np.arange(start, start + b)
+      mask = (idx < n).astype(np.float32)
+      idx = np.minimum(idx, n - 1)
+      yield {
+          "image": preprocess.numpy_to_model_input(self.test_images[idx[local]], f.image_size,
+                                                   f.channels),
+          "label": self.test_labels[idx[local]],
+          "mask": mask[local],
+      }
+
+  def dataset(self, num_classes: int) -> Dataset:
+    return Dataset(num_classes, len(self.train_labels), len(self.test_labels),
+                   self.train_batches, self.eval_batches)
+
+
+def load(config: Any, feed: Feed) -> Dataset:
+  """Opens `config.dataset` (bundled or tfds) without touching the run's workdir.
+
+  Raises DatasetError with a one-line explanation when the data cannot be had.
+  """
+  if config.dataset == bundled.NAME:
+    splits = []
+    for split in (config.train_split, config.eval_split):
+      try:
+        splits.append(bundled.load_split(split))
+      except ValueError as e:
+        raise DatasetError(str(e)) from None
+    return ArraySource(splits[0], splits[1], feed).dataset(bundled.NUM_CLASSES)
+  from vit_jax.data import tfds_source
+
+  return tfds_source.load(config, feed)
