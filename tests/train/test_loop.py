@@ -1,0 +1,87 @@
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from configs import quickstart
+from vit_jax import configuration
+from vit_jax.data.pipeline import ArraySource, Feed
+from vit_jax.train import loop
+from vit_jax.train.checkpoint import Checkpointer
+
+
+def tiny_config(total_steps=6):
+  c = quickstart.get_config()
+  c.image_size, c.batch_size, c.total_steps = 8, 16, total_steps
+  c.warmup_steps, c.log_every, c.eval_every, c.checkpoint_every = 2, 1, 3, 1
+  c.model.update(patch_size=4, hidden_size=16, num_layers=1, num_heads=2, mlp_dim=16,
+                 dropout=0.1)
+  return configuration.resolve_data(configuration.resolve_model(c), num_train=40, num_classes=10)
+
+
+def dataset(config):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, size=(40, 8, 8, 1)).astype(np.uint8)
+  labels = rng.integers(0, 10, size=40).astype(np.int32)
+  feed = Feed(batch_size=config.batch_size, eval_batch_size=config.batch_size, image_size=8,
+              channels=1, augment=config.augment, seed=config.seed)
+  return ArraySource((images, labels), (images[:20], labels[:20]), feed).dataset(10)
+
+
+class Killed(Exception):
+  pass
+
+
+def stop_after(data, n):
+  """The same dataset, but the training stream dies after `n` batches."""
+
+  def batches(start):
+    for i, b in enumerate(data.train_batches(start)):
+      if i == n:
+        raise Killed
+      yield b
+
+  return data.__class__(data.num_classes, data.num_train, data.num_eval, batches,
+                        data.eval_batches)
+
+
+def final_params(workdir, config):
+  ckpt = Checkpointer(str(workdir), 1, 3)
+  model = loop.model_from_config(config.model, config.num_classes)
+  params = model.init(jax.random.key(0), np.zeros((1, 8, 8, 1), np.float32))["params"]
+  step = ckpt.latest_step()
+  restored = ckpt.restore()
+  ckpt.close()
+  assert jax.tree.structure(restored["params"]) == jax.tree.structure(params)
+  return step, restored["params"]
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+  config = tiny_config()
+  data = dataset(config)
+  last = loop.train(config, data, str(tmp_path / "a"))
+  assert "eval/accuracy" in last
+
+  with pytest.raises(Killed):
+    loop.train(config, stop_after(data, 4), str(tmp_path / "b"))
+  assert Checkpointer(str(tmp_path / "b"), 1, 3).latest_step() == 4
+  loop.train(config, data, str(tmp_path / "b"))
+
+  step_a, a = final_params(tmp_path / "a", config)
+  step_b, b = final_params(tmp_path / "b", config)
+  assert step_a == step_b == 6
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+  rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().split("\n")
+          if line]
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+  assert {"train/loss", "train/lr", "train/img_per_sec"} <= set(rows[0])
+  assert {"eval/accuracy", "eval/loss"} <= set(rows[-1])
+
+
+def test_finished_run_is_not_trained_again(tmp_path):
+  config = tiny_config(total_steps=3)
+  data = dataset(config)
+  loop.train(config, data, str(tmp_path))
+  assert loop.train(config, data, str(tmp_path)) == {}

@@ -1,0 +1,1 @@
+"""Training: optimizer, mesh and sharding, jitted steps, checkpoints, metrics and the loop."""

@@ -1,0 +1,46 @@
+"""Training-state checkpoints in `workdir/checkpoints`, written with Orbax.
+
+A checkpoint holds the TrainState (step, parameters, optimizer state). The random numbers and the
+data position are functions of the seed and the step, so the step is all a resume needs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Saves every `every` steps, keeps the newest `keep`, restores the newest."""
+
+  def __init__(self, workdir: str, every: int, keep: int):
+    self.every = max(every, 1)
+    # The interval is applied in save(): Orbax's own would also save the first step it sees.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    """The step of the newest complete checkpoint, or None."""
+    return self._manager.latest_step()
+
+  def restore(self, abstract_state: Any = None, step: int | None = None) -> Any:
+    """Restores `step` (default: newest) into the structure and shardings of `abstract_state`.
+
+    Without `abstract_state` the checkpoint comes back as a plain pytree of host arrays.
+    """
+    step = self.latest_step() if step is None else step
+    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+  def save(self, step: int, state: Any, *, force: bool = False) -> bool:
+    """Saves `state` when `step` is on the interval (or `force`); returns whether it saved."""
+    if step % self.every and not force:
+      return False
+    return self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+  def close(self) -> None:
+    """Waits for pending writes to be committed."""
+    self._manager.wait_until_finished()
+    self._manager.close()

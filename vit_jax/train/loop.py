@@ -1,0 +1,127 @@
+"""The training loop: initialise or resume, step, log, evaluate, checkpoint."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import tqdm
+
+from vit_jax.data.pipeline import Dataset
+from vit_jax.evaluate.classification import evaluate
+from vit_jax.models.vit import VisionTransformer
+from vit_jax.train import optim, sharding
+from vit_jax.train import step as step_lib
+from vit_jax.train.checkpoint import Checkpointer
+from vit_jax.train.metrics import LOGGER, MetricWriter
+
+
+def model_from_config(model: Any, num_classes: int) -> VisionTransformer:
+  """Builds the ViT described by a resolved `config.model`."""
+  return VisionTransformer(
+      num_classes=num_classes,
+      patch_size=model.patch_size,
+      hidden_size=model.hidden_size,
+      num_layers=model.num_layers,
+      num_heads=model.num_heads,
+      mlp_dim=model.mlp_dim,
+      posemb=model.posemb,
+      pool=model.pool,
+      representation_size=model.representation_size,
+      dropout=model.dropout,
+      attention_dropout=model.attention_dropout,
+      head_bias_init=model.head_bias_init,
+      dtype=jnp.dtype(model.dtype),
+  )
+
+
+def _fmt_eta(seconds: float) -> str:
+  minutes, secs = divmod(int(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def train(config: Any, data: Dataset, workdir: str) -> dict[str, float]:
+  """Trains to `config.total_steps`, resuming from the newest checkpoint; returns the last row."""
+  logger = logging.getLogger(LOGGER)
+  lead = jax.process_index() == 0
+  mesh = sharding.make_mesh()
+  repl, batch_sharding = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  total = config.total_steps
+
+  model = model_from_config(config.model, config.num_classes)
+  schedule = optim.make_schedule(config.lr, config.warmup_steps, total, config.decay)
+  tx = optim.make_optimizer(config, schedule)
+  image_shape = (config.image_size, config.image_size, config.image_channels)
+  init = jax.jit(functools.partial(step_lib.init_state, model, tx, image_shape, config.seed),
+                 out_shardings=repl)
+
+  checkpoints = Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
+  start = checkpoints.latest_step() or 0
+  if start:
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl),
+                            jax.eval_shape(init))
+    state = checkpoints.restore(abstract, start)
+    logger.info("Resuming from step %d (checkpoint %s/%d)", start, checkpoints.directory, start)
+  else:
+    state = init()
+    logger.info("Starting at step 0 of %d", total)
+  writer = MetricWriter(workdir, write=lead)
+  writer.truncate_after(start)
+  if start >= total:
+    logger.info("Run already finished at step %d of %d", start, total)
+    checkpoints.close()
+    writer.close()
+    return {}
+
+  train_step = jax.jit(
+      step_lib.make_train_step(model, tx, schedule, loss=config.loss,
+                               accum_steps=config.accum_steps, seed=config.seed),
+      in_shardings=(repl, batch_sharding), out_shardings=(repl, repl), donate_argnums=0)
+  eval_step = jax.jit(step_lib.make_eval_step(model, loss=config.loss),
+                      in_shardings=(repl, batch_sharding), out_shardings=repl)
+  place = functools.partial(sharding.global_batch, mesh=mesh)
+
+  batches = data.train_batches(start)
+  progress = tqdm.tqdm(total=total, initial=start, disable=not lead, unit="step",
+                       dynamic_ncols=True)
+  row: dict[str, float] = {}
+  window_start, window_steps = None, 0
+  try:
+    for step in range(start + 1, total + 1):
+      state, metrics = train_step(state, place(next(batches)))
+      if window_start is None:  # the first step includes compilation: time from its end
+        jax.block_until_ready(metrics)
+        window_start = time.perf_counter()
+      else:
+        window_steps += 1
+      row = {}
+      if step % config.log_every == 0 or step == total:
+        row.update(jax.device_get(metrics))
+        elapsed = time.perf_counter() - window_start
+        img_per_sec = window_steps * config.batch_size / elapsed if window_steps else 0.0
+        row["train/img_per_sec"] = img_per_sec
+        eta = (total - step) * config.batch_size / img_per_sec if img_per_sec else 0.0
+        progress.set_postfix(loss=f"{row['train/loss']:.4f}", img_s=f"{img_per_sec:.0f}")
+        logger.info("step %d/%d  loss %.4f  lr %.3g  %.0f img/s  ETA %s", step, total,
+                    row["train/loss"], row["train/lr"], img_per_sec, _fmt_eta(eta))
+        window_start, window_steps = time.perf_counter(), 0
+      if (config.eval_every > 0 and step % config.eval_every == 0) or step == total:
+        result = evaluate(eval_step, state.params, data.eval_batches(), place)
+        row.update({"eval/accuracy": result["accuracy"], "eval/loss": result["loss"]})
+        logger.info("step %d/%d  eval accuracy %.4f  loss %.4f  (%d examples)", step, total,
+                    result["accuracy"], result["loss"], result["count"])
+        window_start, window_steps = time.perf_counter(), 0
+      if row:
+        writer.row(step, row)
+      checkpoints.save(step, state, force=step == total)
+      progress.update(1)
+  finally:
+    progress.close()
+    checkpoints.close()  # commits pending writes, also when interrupted
+    writer.close()
+  return row

@@ -1,0 +1,51 @@
+"""Learning-rate schedules and optimizer chains, built from Optax."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+DECAYS = ("linear", "cosine", "constant")
+OPTIMIZERS = ("adam", "sgd")
+
+
+def make_schedule(lr: float, warmup_steps: int, total_steps: int, decay: str) -> optax.Schedule:
+  """Linear warm-up from 0 to `lr` over `warmup_steps`, then `decay` to 0 at `total_steps`."""
+  if decay not in DECAYS:
+    raise ValueError(f"unknown decay '{decay}'; choose one of: {', '.join(DECAYS)}")
+  decay_steps = max(total_steps - warmup_steps, 1)
+  if decay == "cosine":
+    after = optax.cosine_decay_schedule(lr, decay_steps)
+  elif decay == "linear":
+    after = optax.linear_schedule(lr, 0.0, decay_steps)
+  else:
+    after = optax.constant_schedule(lr)
+  if warmup_steps <= 0:
+    return after
+  warmup = optax.linear_schedule(0.0, lr, warmup_steps)
+  return optax.join_schedules([warmup, after], [warmup_steps])
+
+
+def _decay_mask(params: Any) -> Any:
+  # Weight decay on matrices and conv kernels only; biases, LayerNorm and the class token are
+  # left alone.
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(config: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """Global-norm clipping followed by Adam with decoupled weight decay, or SGD with momentum."""
+  if config.optimizer not in OPTIMIZERS:
+    raise ValueError(f"unknown optimizer '{config.optimizer}'; choose one of: {OPTIMIZERS}")
+  chain = []
+  if config.grad_clip_norm > 0:
+    chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
+  if config.optimizer == "adam":
+    chain.append(optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2,
+                             weight_decay=config.weight_decay, mask=_decay_mask))
+  else:
+    chain.append(optax.sgd(schedule, momentum=config.momentum))
+    if config.weight_decay:
+      chain.insert(-1, optax.add_decayed_weights(config.weight_decay, mask=_decay_mask))
+  return optax.chain(*chain)

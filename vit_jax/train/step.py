@@ -1,0 +1,100 @@
+"""The train state and the jitted training and evaluation steps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+LOSSES = ("softmax_xent", "sigmoid_xent")
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a checkpoint must hold to continue training."""
+
+  step: jax.Array  # number of updates applied so far
+  params: Any
+  opt_state: Any
+
+
+def per_example_loss(logits: jax.Array, labels: jax.Array, kind: str) -> jax.Array:
+  """Loss of each example, (B,), for integer labels."""
+  if kind == "softmax_xent":
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  if kind == "sigmoid_xent":
+    targets = jax.nn.one_hot(labels, logits.shape[-1])
+    return optax.sigmoid_binary_cross_entropy(logits, targets).sum(-1)
+  raise ValueError(f"unknown loss '{kind}'; choose one of: {', '.join(LOSSES)}")
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, ...],
+               seed: int) -> TrainState:
+  """Initial parameters and optimizer state (call under jit to place them on the mesh)."""
+  params = model.init(jax.random.key(seed), jnp.zeros((1, *image_shape), jnp.float32))["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def _split_micro(x: jax.Array, accum_steps: int) -> jax.Array:
+  # Micro-batch k takes rows k, k+A, k+2A, ...: each device's rows spread evenly over the
+  # micro-batches, so no micro-batch has to move between devices.
+  return x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    *, loss: str, accum_steps: int, seed: int) -> Callable:
+  """Returns step(state, batch) -> (state, metrics); accumulation happens inside the step."""
+
+  def loss_fn(params, images, labels, rng):
+    logits = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
+    return per_example_loss(logits, labels, loss).mean()
+
+  grad_fn = jax.value_and_grad(loss_fn)
+
+  def step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
+    rng = jax.random.fold_in(jax.random.key(seed), state.step)
+    if accum_steps == 1:
+      value, grads = grad_fn(state.params, batch["image"], batch["label"], rng)
+    else:
+      images = _split_micro(batch["image"], accum_steps)
+      labels = _split_micro(batch["label"], accum_steps)
+
+      def micro(carry, xs):
+        k, im, lb = xs
+        v, g = grad_fn(state.params, im, lb, jax.random.fold_in(rng, k))
+        total_v, total_g = carry
+        return (total_v + v, jax.tree.map(jnp.add, total_g, g)), None
+
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      (value, grads), _ = jax.lax.scan(
+          micro, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(accum_steps), images, labels))
+      value, grads = value / accum_steps, jax.tree.map(lambda g: g / accum_steps, grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                           opt_state=opt_state)
+    metrics = {"train/loss": value, "train/lr": schedule(state.step),
+               "train/grad_norm": optax.global_norm(grads)}
+    return new_state, metrics
+
+  return step
+
+
+def make_eval_step(model: nn.Module, *, loss: str) -> Callable:
+  """Returns eval(params, batch) -> masked sums {"loss", "correct", "count"} for the batch."""
+
+  def step(params: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    logits = model.apply({"params": params}, batch["image"], train=False)
+    mask = batch["mask"]
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    return {
+        "loss": jnp.sum(per_example_loss(logits, batch["label"], loss) * mask),
+        "correct": jnp.sum(correct * mask),
+        "count": jnp.sum(mask),
+    }
+
+  return step
