@@ -1,0 +1,1 @@
+"""Run configs: each file defines get_config(arg: str | None = None) -> ConfigDict."""

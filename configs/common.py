@@ -1,0 +1,48 @@
+"""Defaults every run starts from: data, optimizer, schedule, logging and checkpoints."""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from configs.models import model_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The shared defaults; run configs change what differs from them."""
+  c = ml_collections.ConfigDict()
+  # Data.
+  c.dataset = "bundled_mnist"  # "bundled_mnist" or a tensorflow-datasets name
+  c.data_dir = placeholder(str)  # tfds data_dir (default ~/tensorflow_datasets)
+  c.manual_dir = placeholder(str)  # tfds manual_dir for datasets downloaded by hand
+  c.download = True  # let tfds download and prepare a missing dataset
+  c.train_split = "train"
+  c.eval_split = "test"
+  c.num_classes = placeholder(int)  # default: from the dataset
+  c.image_size = 224
+  c.image_channels = 3
+  c.augment = "none"  # none | flip | shift | inception_crop | inception_crop_flip
+  # Schedule.
+  c.batch_size = 512  # global batch, over all devices and processes
+  c.accum_steps = 1  # micro-batches per step (gradient accumulation)
+  c.num_epochs = 1.0
+  c.total_steps = placeholder(int)  # default: num_epochs over the training split
+  c.seed = 0
+  # Optimizer.
+  c.optimizer = "adam"  # adam (decoupled weight decay) | sgd (momentum)
+  c.lr = 1e-3
+  c.warmup_steps = 0
+  c.decay = "linear"  # linear | cosine | constant, after warm-up
+  c.weight_decay = 0.0
+  c.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
+  c.adam_b1 = 0.9
+  c.adam_b2 = 0.999
+  c.momentum = 0.9
+  c.loss = "softmax_xent"  # softmax_xent | sigmoid_xent
+  # Logging and checkpoints.
+  c.log_every = 50
+  c.eval_every = 1000  # 0: only at the end
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.model = model_config("ViT-B/16")
+  return c

@@ -1,0 +1,120 @@
+"""The command line end to end, in subprocesses with 8 virtual CPU devices."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--config.total_steps=6", "--config.batch_size=16", "--config.log_every=2",
+        "--config.eval_every=3", "--config.checkpoint_every=3", "--config.model.hidden_size=32",
+        "--config.model.num_layers=1", "--config.model.num_heads=2", "--config.model.mlp_dim=32"]
+
+
+def cli(*args, config="configs/quickstart.py", timeout=300):
+  return subprocess.run([sys.executable, "-m", "vit_jax.main", "--config", config, *args],
+                        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+  return {str(p.relative_to(directory)): p.read_bytes()
+          for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def rows(workdir: Path) -> list[dict]:
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_train_writes_every_output_and_a_second_run_resumes(tmp_path):
+  workdir = tmp_path / "run"
+  first = cli("--workdir", str(workdir), *TINY)
+  assert first.returncode == 0, first.stderr
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["total_steps"] == 6 and config["model"]["patch_size"] == 7
+  assert config["num_classes"] == 10
+  metrics = rows(workdir)
+  assert [r["step"] for r in metrics] == [2, 3, 4, 6]
+  assert {"train/loss", "train/lr", "train/img_per_sec"} <= set(metrics[0])
+  assert {"eval/accuracy", "eval/loss"} <= set(metrics[-1])
+  assert list(workdir.glob("events.out.tfevents.*"))
+  log = (workdir / "train.log").read_text()
+  assert "step 6/6" in log and "eval accuracy" in log
+  assert "step 2/6" in first.stderr and "img/s" in first.stderr  # the progress line
+
+  again = cli("--workdir", str(workdir), *TINY)
+  assert again.returncode == 0, again.stderr
+  assert "already finished at step 6" in again.stderr
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume(tmp_path):
+  workdir = tmp_path / "run"
+  args = ["--workdir", str(workdir), *TINY, "--config.total_steps=400",
+          "--config.checkpoint_every=10", "--config.eval_every=0", "--config.log_every=50"]
+  proc = subprocess.Popen([sys.executable, "-m", "vit_jax.main", "--config",
+                           "configs/quickstart.py", *args], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  ckpts = workdir / "checkpoints"
+  while time.time() < deadline and not (
+      ckpts.exists() and any(p.name.isdigit() and int(p.name) >= 20 for p in ckpts.iterdir())):
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  saved = max(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+  assert 20 <= saved < 400
+
+  resumed = cli(*args)
+  assert resumed.returncode == 0, resumed.stderr
+  start = int(resumed.stderr.split("Resuming from step ")[1].split()[0])
+  assert start >= 20
+  steps = [r["step"] for r in rows(workdir)]
+  assert steps == sorted(set(steps)) and steps[-1] == 400
+  assert "eval/accuracy" in rows(workdir)[-1]
+
+
+BAD = {
+    "unknown key": (["--config.modle.name=x"], "no key 'modle'; did you mean 'model'"),
+    "nested unknown key": (["--config.model.hiden_size=8"], "did you mean 'hidden_size'"),
+    "image size": (["--config.image_size=30"], "image_size 30 is not divisible by model.patch"),
+    "batch vs devices": (["--config.batch_size=12"], "not divisible by the 8 devices"),
+    "bad value": (["--config.batch_size=abc"], "batch_size"),
+    "unknown posemb": (["--config.model.posemb=fancy"], "model.posemb 'fancy' is not one of"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_line_exit_2_and_no_workdir(tmp_path, case):
+  args, message = BAD[case]
+  result = cli("--workdir", str(tmp_path / "run"), *args)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+  assert not (tmp_path / "run").exists()
+
+
+def test_missing_dataset_names_it_and_how_to_supply_it(tmp_path):
+  result = cli("--workdir", str(tmp_path / "b"), f"--config.data_dir={tmp_path / 'tfds'}",
+               config="configs/b16.py")
+  assert result.returncode == 2
+  line = result.stderr.strip().splitlines()[-1]
+  assert "'imagenet21k'" in line and "data_dir" in line and "manual_dir" in line
+  assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_workdir_of_another_config_is_left_alone(tmp_path):
+  workdir = tmp_path / "run"
+  assert cli("--workdir", str(workdir), *TINY, "--config.total_steps=3").returncode == 0
+  before = snapshot(workdir)
+  result = cli("--workdir", str(workdir), *TINY, "--config.total_steps=3", "--config.lr=0.1")
+  assert result.returncode == 2
+  assert "different config (lr: 0.001 -> 0.1)" in result.stderr
+  assert snapshot(workdir) == before

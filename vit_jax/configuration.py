@@ -1,0 +1,138 @@
+"""Resolving and checking a run's config before any work is done.
+
+`resolve_model` fills the architecture from the preset named by `model.name` (explicit values
+win); `resolve_data` fills what depends on the dataset (`num_classes`, `total_steps`); `validate`
+collects every problem it can see without data. None of them touches the workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import ml_collections
+
+from vit_jax.models import posemb
+from vit_jax.models.presets import PRESETS
+from vit_jax.models.vit import POOLS
+from vit_jax.train import optim, step
+
+ARCH_KEYS = ("patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim")
+POSEMB_MODES = ("stem",)
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+  """The config cannot be run as given."""
+
+
+def resolve_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Returns an unlocked copy with the model's architecture filled in from its preset."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  model = config.model
+  preset = PRESETS.get(model.name)
+  missing = [k for k in ARCH_KEYS if model.get(k) is None]
+  if missing and preset is None:
+    raise ConfigError(
+        f"model.name '{model.name}' is not a preset and model.{missing[0]} is unset; use one of "
+        f"{', '.join(PRESETS)} or set model.{', model.'.join(missing)}")
+  for key in missing:
+    model[key] = getattr(preset, key)
+  return config
+
+
+def resolve_data(config: ml_collections.ConfigDict, *, num_train: int,
+                 num_classes: int) -> ml_collections.ConfigDict:
+  """Fills `num_classes` and `total_steps` (from `num_epochs`) where unset."""
+  if config.num_classes is None:
+    config.num_classes = num_classes
+  if config.total_steps is None:
+    config.total_steps = max(1, math.ceil(config.num_epochs * num_train / config.batch_size))
+  if config.warmup_steps >= config.total_steps:
+    raise ConfigError(f"warmup_steps {config.warmup_steps} is not below total_steps "
+                      f"{config.total_steps}; lower --config.warmup_steps")
+  return config
+
+
+def _choice(problems: list[str], key: str, value: Any, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    problems.append(f"{key} '{value}' is not one of {', '.join(choices)}")
+
+
+def validate(config: ml_collections.ConfigDict, *, device_count: int,
+             process_count: int = 1) -> None:
+  """Raises ConfigError naming every problem found (resolve the model first)."""
+  problems = []
+  m = config.model
+  p, size = m.patch_size, config.image_size
+  if size % p:
+    problems.append(f"image_size {size} is not divisible by model.patch_size {p}; use a multiple "
+                    f"of {p} such as {max(1, round(size / p)) * p}")
+  if m.hidden_size % m.num_heads:
+    problems.append(f"model.hidden_size {m.hidden_size} is not divisible by model.num_heads "
+                    f"{m.num_heads}")
+  b, a = config.batch_size, config.accum_steps
+  if b <= 0 or a <= 0:
+    problems.append("batch_size and accum_steps must be positive")
+  elif b % a:
+    problems.append(f"batch_size {b} is not divisible by accum_steps {a}")
+  elif (b // a) % device_count:
+    problems.append(f"the micro-batch batch_size/accum_steps = {b // a} is not divisible by the "
+                    f"{device_count} devices; use a batch_size that is a multiple of "
+                    f"{device_count * a}")
+  if b > 0 and b % process_count:
+    problems.append(f"batch_size {b} is not divisible by the {process_count} processes")
+  _choice(problems, "model.posemb", m.posemb, posemb.KINDS)
+  _choice(problems, "model.posemb_mode", m.posemb_mode, POSEMB_MODES)
+  _choice(problems, "model.pool", m.pool, POOLS)
+  _choice(problems, "model.dtype", m.dtype, DTYPES)
+  _choice(problems, "optimizer", config.optimizer, optim.OPTIMIZERS)
+  _choice(problems, "decay", config.decay, optim.DECAYS)
+  _choice(problems, "loss", config.loss, step.LOSSES)
+  _choice(problems, "image_channels", str(config.image_channels), ("1", "3"))
+  for key in ("lr", "num_epochs", "log_every", "checkpoint_every", "keep_checkpoints"):
+    if config[key] <= 0:
+      problems.append(f"{key} must be positive, got {config[key]}")
+  if config.total_steps is not None and config.total_steps <= 0:
+    problems.append(f"total_steps must be positive, got {config.total_steps}")
+  if problems:
+    raise ConfigError("; ".join(problems))
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  """The config as stable, indented JSON (what config.json holds)."""
+  return json.dumps(json.loads(config.to_json()), indent=2, sort_keys=True) + "\n"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> bool:
+  """Returns whether `workdir` holds an earlier run of this config; raises if it holds another."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"workdir {workdir} exists and is not a directory; choose another --workdir")
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return False
+  try:
+    with open(path) as f:
+      old = _flatten(json.load(f))
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"cannot read {path} ({e}); choose another --workdir") from None
+  new = _flatten(json.loads(config.to_json()))
+  diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+          if old.get(k) != new.get(k)]
+  if diff:
+    shown = ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")
+    raise ConfigError(f"workdir {workdir} holds a run with a different config ({shown}); use a "
+                      "new --workdir, or repeat that run's settings to resume it")
+  return True

@@ -1,0 +1,112 @@
+"""Command line: `python -m vit_jax.main --config configs/X.py --workdir DIR [--config.k=v ...]`.
+
+The only module that reads flags. Exit status: 0 finished, 2 bad input (nothing written).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Sequence
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import ConfigDict, config_flags
+
+EXIT_BAD_INPUT = 2
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/b16.py or configs/b16.py:gap.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
+
+
+def fail(message: str) -> None:
+  """Prints one line naming the problem and its fix, then exits with status 2."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(EXIT_BAD_INPUT)
+
+
+def describe_flag_error(error: Exception, argv: Sequence[str]) -> str:
+  """Turns a flag-parsing exception into one readable line."""
+  text = str(error).replace("\\'", "'").replace("\\n", "\n")
+  unknown = re.search(r"'([^'\n]+)'.*?Did you mean \"([^\"]+)\"", text, re.S)
+  if unknown:
+    key, guess = unknown.groups()
+    flag = next((a.split("=")[0] for a in argv if a.startswith("--config.") and key in a), key)
+    return f"{flag}: the config has no key '{key}'; did you mean '{guess}'?"
+  missing = None
+  if isinstance(error, (KeyError, AttributeError)):
+    missing = re.search(r"'([^'\n]+)'", text)
+  if missing:
+    return f"the config has no key '{missing.group(1)}'; check the spelling against the config file"
+  first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+  return first.removeprefix("flag ")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with one-line errors instead of a traceback or usage dump."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # config_flags raises KeyError/AttributeError/ValueError as well
+    fail(describe_flag_error(e, argv))
+  return []
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    fail(f"unexpected arguments {' '.join(argv[1:])}; overrides look like --config.key=value")
+  if _CONFIG.value is None or _WORKDIR.value is None:
+    fail("both --config and --workdir are required, e.g. "
+         "python -m vit_jax.main --config configs/quickstart.py --workdir /tmp/q")
+  config = _CONFIG.value
+  if not isinstance(config, ConfigDict):
+    fail(f"cannot load the config file given by --config ({flags.FLAGS['config'].serialize()})")
+  workdir = os.path.abspath(_WORKDIR.value)
+
+  absl_logging.set_verbosity(absl_logging.WARNING)  # checkpoint libraries log every save at INFO
+  import jax  # after flag parsing, so a usage error costs no JAX start-up
+
+  from vit_jax import configuration
+  from vit_jax.data import pipeline
+  from vit_jax.train import loop, metrics
+
+  try:
+    config = configuration.resolve_model(config)
+    configuration.validate(config, device_count=jax.device_count(),
+                           process_count=jax.process_count())
+    feed = pipeline.Feed(
+        batch_size=config.batch_size, eval_batch_size=config.batch_size // config.accum_steps,
+        image_size=config.image_size, channels=config.image_channels, augment=config.augment,
+        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
+    data = pipeline.load(config, feed)
+    config = configuration.resolve_data(config, num_train=data.num_train,
+                                        num_classes=data.num_classes)
+    configuration.validate(config, device_count=jax.device_count(),
+                           process_count=jax.process_count())
+    resuming = configuration.check_workdir(config, workdir)
+  except (configuration.ConfigError, pipeline.DatasetError) as e:
+    fail(str(e))
+
+  lead = jax.process_index() == 0
+  if lead:
+    os.makedirs(workdir, exist_ok=True)
+    if not resuming:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(configuration.to_json(config))
+  logger = metrics.setup_logging(workdir, write=lead)
+  logger.info("%s: %s, %d train / %d eval examples, %d steps of batch %d on %d devices",
+              workdir, config.dataset, data.num_train, data.num_eval, config.total_steps,
+              config.batch_size, jax.device_count())
+  row = loop.train(config, data, workdir)
+  if "eval/accuracy" in row:
+    logger.info("Finished: eval/accuracy %.4f", row["eval/accuracy"])
+
+
+def run() -> None:
+  """Console entry point."""
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()
