@@ -3,8 +3,9 @@
 Global batch 4096, Adam(0.9, 0.999), lr 1e-3 with 10k warm-up steps then linear decay, weight
 decay 0.03, dropout 0.1, 90 epochs at 224x224, a 768-wide tanh pre-logits layer and a head bias
 of -10 under a sigmoid loss. `configs/b16.py:gap` pools by global average instead of the class
-token. ImageNet-21k has no tfds builder: prepare it as a tfds dataset named `imagenet21k` and
-point --config.data_dir at it.
+token. Training and evaluation use ImageNet-21k's images after and before the first 51,200
+(the dataset's default splits here). ImageNet-21k has no tfds builder: prepare it as a tfds
+dataset named `imagenet21k` and point --config.data_dir at it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from configs.models import model_config
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = common.get_config()
   c.dataset = "imagenet21k"
-  c.train_split = "full[51200:]"
-  c.eval_split = "full[:51200]"  # a held-out 51,200 images
   c.image_size = 224
   c.augment = "inception_crop_flip"
   c.batch_size = 4096

@@ -16,8 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data_dir = placeholder(str)  # tfds data_dir (default ~/tensorflow_datasets)
   c.manual_dir = placeholder(str)  # tfds manual_dir for datasets downloaded by hand
   c.download = True  # let tfds download and prepare a missing dataset
-  c.train_split = "train"
-  c.eval_split = "test"
+  c.train_split = placeholder(str)  # default: the dataset's training split
+  c.eval_split = placeholder(str)  # default: its test (or validation) split
   c.num_classes = placeholder(int)  # default: from the dataset
   c.image_size = 224
   c.image_channels = 3

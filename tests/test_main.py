@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--config.total_steps=6", "--config.batch_size=16", "--config.log_every=2",
-        "--config.eval_every=3", "--config.checkpoint_every=3", "--config.model.hidden_size=32",
-        "--config.model.num_layers=1", "--config.model.num_heads=2", "--config.model.mlp_dim=32"]
+TINY = ["--config.total_steps=6", "--config.warmup_steps=1", "--config.batch_size=16",
+        "--config.log_every=2", "--config.eval_every=3", "--config.checkpoint_every=3",
+        "--config.model.hidden_size=32", "--config.model.num_layers=1",
+        "--config.model.num_heads=2", "--config.model.mlp_dim=32"]
 
 
 def cli(*args, config="configs/quickstart.py", timeout=300):
@@ -38,7 +39,7 @@ def test_train_writes_every_output_and_a_second_run_resumes(tmp_path):
   assert first.returncode == 0, first.stderr
   config = json.loads((workdir / "config.json").read_text())
   assert config["total_steps"] == 6 and config["model"]["patch_size"] == 7
-  assert config["num_classes"] == 10
+  assert config["num_classes"] == 10 and config["eval_split"] == "test"
   metrics = rows(workdir)
   assert [r["step"] for r in metrics] == [2, 3, 4, 6]
   assert {"train/loss", "train/lr", "train/img_per_sec"} <= set(metrics[0])
@@ -87,6 +88,10 @@ BAD = {
     "batch vs devices": (["--config.batch_size=12"], "not divisible by the 8 devices"),
     "bad value": (["--config.batch_size=abc"], "batch_size"),
     "unknown posemb": (["--config.model.posemb=fancy"], "model.posemb 'fancy' is not one of"),
+    "bad config variant": (["--config=configs/b16.py:foo"], "unknown variant 'foo'"),
+    "config file missing": (["--config=configs/nofile.py"], "cannot load the config file"),
+    "dataset not offline": (["--config.dataset=cifar10", "--config.download=False"],
+                            "dataset 'cifar10' is not prepared"),
 }
 
 

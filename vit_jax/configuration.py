@@ -14,6 +14,7 @@ from typing import Any
 
 import ml_collections
 
+from vit_jax.data import preprocess
 from vit_jax.models import posemb
 from vit_jax.models.presets import PRESETS
 from vit_jax.models.vit import POOLS
@@ -43,9 +44,10 @@ def resolve_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   return config
 
 
-def resolve_data(config: ml_collections.ConfigDict, *, num_train: int,
-                 num_classes: int) -> ml_collections.ConfigDict:
-  """Fills `num_classes` and `total_steps` (from `num_epochs`) where unset."""
+def resolve_data(config: ml_collections.ConfigDict, *, num_train: int, num_classes: int,
+                 splits: tuple[str, str] = ("train", "test")) -> ml_collections.ConfigDict:
+  """Fills `num_classes`, the splits and `total_steps` (from `num_epochs`) where unset."""
+  config.train_split, config.eval_split = splits
   if config.num_classes is None:
     config.num_classes = num_classes
   if config.total_steps is None:
@@ -91,6 +93,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int,
   _choice(problems, "optimizer", config.optimizer, optim.OPTIMIZERS)
   _choice(problems, "decay", config.decay, optim.DECAYS)
   _choice(problems, "loss", config.loss, step.LOSSES)
+  _choice(problems, "augment", config.augment, preprocess.AUGMENTS)
   _choice(problems, "image_channels", str(config.image_channels), ("1", "3"))
   for key in ("lr", "num_epochs", "log_every", "checkpoint_every", "keep_checkpoints"):
     if config[key] <= 0:

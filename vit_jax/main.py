@@ -40,8 +40,12 @@ def describe_flag_error(error: Exception, argv: Sequence[str]) -> str:
     missing = re.search(r"'([^'\n]+)'", text)
   if missing:
     return f"the config has no key '{missing.group(1)}'; check the spelling against the config file"
-  first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-  return first.removeprefix("flag ")
+  lines = [line for line in text.strip().splitlines() if line.strip()]
+  if not lines:
+    return type(error).__name__
+  if "Traceback" in text:  # the config file itself raised: its last line says why
+    return f"{lines[0].split(':')[0].removeprefix('flag ')}: {lines[-1]}"
+  return lines[0].removeprefix("flag ")
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -64,7 +68,8 @@ def main(argv: Sequence[str]) -> None:
     fail(f"cannot load the config file given by --config ({flags.FLAGS['config'].serialize()})")
   workdir = os.path.abspath(_WORKDIR.value)
 
-  absl_logging.set_verbosity(absl_logging.WARNING)  # checkpoint libraries log every save at INFO
+  # Orbax logs every save and tfds every folder it probes through absl; errors still show.
+  absl_logging.set_verbosity(absl_logging.ERROR)
   import jax  # after flag parsing, so a usage error costs no JAX start-up
 
   from vit_jax import configuration
@@ -81,7 +86,7 @@ def main(argv: Sequence[str]) -> None:
         seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
     data = pipeline.load(config, feed)
     config = configuration.resolve_data(config, num_train=data.num_train,
-                                        num_classes=data.num_classes)
+                                        num_classes=data.num_classes, splits=data.splits)
     configuration.validate(config, device_count=jax.device_count(),
                            process_count=jax.process_count())
     resuming = configuration.check_workdir(config, workdir)

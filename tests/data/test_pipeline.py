@@ -4,7 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vit_jax.data import pipeline
+from vit_jax.data import pipeline, preprocess
 from vit_jax.data.pipeline import ArraySource, DatasetError, Feed
 
 
@@ -64,14 +64,23 @@ def test_images_are_scaled_to_minus_one_one_and_resized():
   assert batch["image"][0].max() == -1.0 and batch["image"][1].min() == 1.0
 
 
-def test_unsupported_augment_for_in_memory_data():
-  with pytest.raises(DatasetError, match="inception_crop"):
-    source(augment="inception_crop")
+def test_unknown_augment():
+  with pytest.raises(DatasetError, match="inception_crop_flip"):
+    source(augment="mixup")
+
+
+@pytest.mark.parametrize("augment", ["flip", "shift", "inception_crop", "inception_crop_flip"])
+def test_augmentations_keep_shape_and_change_pixels(augment):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, size=(16, 12, 12, 3)).astype(np.uint8)
+  out = preprocess.numpy_augment(images, augment, np.random.default_rng(1))
+  assert out.shape == images.shape and out.dtype == np.uint8
+  assert not np.array_equal(out, images)
 
 
 def tfds_config(**kw):
   c = ml_collections.ConfigDict(dict(dataset="mnist", data_dir=None, manual_dir=None,
-                                     download=False, train_split="train", eval_split="test"))
+                                     download=False, train_split=None, eval_split=None))
   c.update(kw)
   return c
 
@@ -91,9 +100,15 @@ def test_tfds_dataset_through_mock_data(tmp_path):
     data = pipeline.load(tfds_config(data_dir=str(tmp_path), download=True), feed)
     batch = next(data.train_batches(0))
     evals = list(data.eval_batches())
-  assert data.num_classes == 10
+  assert data.num_classes == 10 and data.splits == ("train", "test")
   assert batch["image"].shape == (8, 16, 16, 3) and batch["image"].dtype == np.float32
   assert -1.0 <= batch["image"].min() and batch["image"].max() <= 1.0
   assert batch["label"].shape == (8,)
   assert sum(b["mask"].sum() for b in evals) == data.num_eval
   assert all(b["image"].shape == (6, 16, 16, 3) for b in evals)
+
+
+def test_default_splits():
+  assert pipeline.default_splits("imagenet21k", ["full"]) == ("full[51200:]", "full[:51200]")
+  assert pipeline.default_splits("imagenet2012", ["train", "validation"]) == ("train", "validation")
+  assert pipeline.default_splits("cifar10", ["train", "test"]) == ("train", "test")

@@ -20,8 +20,22 @@ from vit_jax.data import bundled, preprocess
 Batch = dict[str, np.ndarray]
 
 
+# (train, eval) splits of datasets whose default would be wrong: ImageNet-21k has one split, of
+# which the first 51,200 images are held out. Others use "train" and "test" (or "validation").
+DEFAULT_SPLITS = {"imagenet21k": ("full[51200:]", "full[:51200]")}
+
+
 class DatasetError(ValueError):
   """A dataset cannot be found, read or prepared."""
+
+
+def default_splits(name: str, available: list[str]) -> tuple[str, str]:
+  """The (train, eval) splits used when the config leaves them unset."""
+  if name in DEFAULT_SPLITS:
+    return DEFAULT_SPLITS[name]
+  if available and "test" not in available and "validation" in available:
+    return "train", "validation"
+  return "train", "test"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +66,7 @@ class Dataset:
   num_eval: int
   train_batches: Callable[[int], Iterator[Batch]]  # first batch index -> endless iterator
   eval_batches: Callable[[], Iterator[Batch]]
+  splits: tuple[str, str] = ("train", "test")  # the (train, eval) splits read
 
 
 class ArraySource:
@@ -59,11 +74,8 @@ class ArraySource:
 
   def __init__(self, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
                feed: Feed):
-    if feed.augment not in preprocess.NUMPY_AUGMENTS:
-      raise DatasetError(
-          f"augment '{feed.augment}' is not available for in-memory datasets; "
-          f"use one of {preprocess.NUMPY_AUGMENTS}"
-      )
+    if feed.augment not in preprocess.AUGMENTS:
+      raise DatasetError(f"unknown augment '{feed.augment}'; use one of {preprocess.AUGMENTS}")
     self.train_images, self.train_labels = train
     self.test_images, self.test_labels = test
     self.feed = feed
@@ -118,9 +130,9 @@ class ArraySource:
           "mask": mask[local],
       }
 
-  def dataset(self, num_classes: int) -> Dataset:
+  def dataset(self, num_classes: int, splits: tuple[str, str] = ("train", "test")) -> Dataset:
     return Dataset(num_classes, len(self.train_labels), len(self.test_labels),
-                   self.train_batches, self.eval_batches)
+                   self.train_batches, self.eval_batches, splits)
 
 
 def load(config: Any, feed: Feed) -> Dataset:
@@ -129,13 +141,15 @@ def load(config: Any, feed: Feed) -> Dataset:
   Raises DatasetError with a one-line explanation when the data cannot be had.
   """
   if config.dataset == bundled.NAME:
-    splits = []
-    for split in (config.train_split, config.eval_split):
+    names = default_splits(bundled.NAME, ["train", "test"])
+    names = (config.train_split or names[0], config.eval_split or names[1])
+    arrays = []
+    for split in names:
       try:
-        splits.append(bundled.load_split(split))
+        arrays.append(bundled.load_split(split))
       except ValueError as e:
         raise DatasetError(str(e)) from None
-    return ArraySource(splits[0], splits[1], feed).dataset(bundled.NUM_CLASSES)
+    return ArraySource(arrays[0], arrays[1], feed).dataset(bundled.NUM_CLASSES, names)
   from vit_jax.data import tfds_source
 
   return tfds_source.load(config, feed)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-NUMPY_AUGMENTS = ("none", "flip", "shift")
-TF_AUGMENTS = ("none", "flip", "shift", "inception_crop", "inception_crop_flip")
+AUGMENTS = ("none", "flip", "shift", "inception_crop", "inception_crop_flip")
+CROP_AREA = (0.05, 1.0)  # inception crop: fraction of the image area kept
+CROP_RATIO = (3 / 4, 4 / 3)  # and the range of its aspect ratio
 SHIFT_PIXELS = 2  # "shift" translates by up to this many pixels in each direction
 
 
@@ -25,6 +26,26 @@ def _resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
   return np.stack(out)
 
 
+def _inception_crop(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """A random crop of 5-100% of the area, aspect 3/4-4/3, resized back to the input size."""
+  from PIL import Image
+
+  h, w = image.shape[:2]
+  for _ in range(10):
+    area = h * w * rng.uniform(*CROP_AREA)
+    ratio = np.exp(rng.uniform(*np.log(CROP_RATIO)))
+    ch, cw = round(np.sqrt(area / ratio)), round(np.sqrt(area * ratio))
+    if 0 < ch <= h and 0 < cw <= w:
+      top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+      break
+  else:
+    top, left, ch, cw = 0, 0, h, w
+  squeeze = image.shape[-1] == 1
+  pil = Image.fromarray(image[..., 0] if squeeze else image)
+  out = np.asarray(pil.crop((left, top, left + cw, top + ch)).resize((w, h), Image.BILINEAR))
+  return out[..., None] if squeeze else out
+
+
 def _channels(images: np.ndarray, channels: int) -> np.ndarray:
   have = images.shape[-1]
   if have == channels:
@@ -38,9 +59,11 @@ def _channels(images: np.ndarray, channels: int) -> np.ndarray:
 
 def numpy_augment(images: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
   """Applies augmentation `kind` to a uint8 batch (B, H, W, C) with randomness from `rng`."""
-  if kind == "none":
-    return images
-  if kind == "flip":
+  if kind not in AUGMENTS:
+    raise ValueError(f"unknown augment '{kind}'; use one of {AUGMENTS}")
+  if kind.startswith("inception_crop"):
+    images = np.stack([_inception_crop(image, rng) for image in images])
+  if kind in ("flip", "inception_crop_flip"):
     flip = rng.random(len(images)) < 0.5
     return np.where(flip[:, None, None, None], images[:, :, ::-1], images)
   if kind == "shift":
@@ -50,7 +73,7 @@ def numpy_augment(images: np.ndarray, kind: str, rng: np.random.Generator) -> np
     offsets = rng.integers(0, 2 * s + 1, size=(len(images), 2))
     crops = [p[dy : dy + h, dx : dx + w] for p, (dy, dx) in zip(padded, offsets, strict=True)]
     return np.stack(crops)
-  raise ValueError(f"augment '{kind}' is not available here; use one of {NUMPY_AUGMENTS}")
+  return images
 
 
 def numpy_to_model_input(images: np.ndarray, image_size: int, channels: int) -> np.ndarray:
@@ -68,15 +91,16 @@ def tf_preprocess(image, *, image_size: int, channels: int, augment: str, seed):
   """
   import tensorflow as tf
 
-  if augment not in TF_AUGMENTS:
-    raise ValueError(f"unknown augment '{augment}'; use one of {TF_AUGMENTS}")
+  if augment not in AUGMENTS:
+    raise ValueError(f"unknown augment '{augment}'; use one of {AUGMENTS}")
   seeds = tf.random.experimental.stateless_split(seed, 3)
   if augment.startswith("inception_crop"):
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.shape(image),
         bounding_boxes=tf.zeros([0, 0, 4], tf.float32),
         seed=seeds[0],
-        area_range=(0.05, 1.0),
+        area_range=CROP_AREA,
+        aspect_ratio_range=CROP_RATIO,
         min_object_covered=0.0,
         use_image_if_no_bounding_boxes=True,
     )

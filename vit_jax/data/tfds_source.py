@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from vit_jax.data import preprocess
-from vit_jax.data.pipeline import Batch, Dataset, DatasetError, Feed
+from vit_jax.data.pipeline import Batch, Dataset, DatasetError, Feed, default_splits
 
 SHUFFLE_BUFFER = 50_000
 
@@ -71,12 +71,14 @@ class TfdsSource:
     import tensorflow_datasets as tfds
 
     self.builder, self.feed = builder, feed
-    if feed.augment not in preprocess.TF_AUGMENTS:
-      raise DatasetError(f"unknown augment '{feed.augment}'; use one of {preprocess.TF_AUGMENTS}")
-    self.train_split = tfds.even_splits(config.train_split, feed.process_count)[feed.process_index]
-    self.eval_splits = tfds.even_splits(config.eval_split, feed.process_count)
-    self.num_train = _num_examples(builder, config.train_split)
-    self.num_eval = _num_examples(builder, config.eval_split)
+    if feed.augment not in preprocess.AUGMENTS:
+      raise DatasetError(f"unknown augment '{feed.augment}'; use one of {preprocess.AUGMENTS}")
+    train, evaluation = default_splits(config.dataset, list(builder.info.splits))
+    self.splits = (config.train_split or train, config.eval_split or evaluation)
+    self.train_split = tfds.even_splits(self.splits[0], feed.process_count)[feed.process_index]
+    self.eval_splits = tfds.even_splits(self.splits[1], feed.process_count)
+    self.num_train = _num_examples(builder, self.splits[0])
+    self.num_eval = _num_examples(builder, self.splits[1])
     label = builder.info.features["label"]
     self.num_classes = int(label.num_classes)
 
@@ -138,7 +140,7 @@ class TfdsSource:
 
   def dataset(self) -> Dataset:
     return Dataset(self.num_classes, self.num_train, self.num_eval,
-                   self.train_batches, self.eval_batches)
+                   self.train_batches, self.eval_batches, self.splits)
 
 
 def load(config: Any, feed: Feed) -> Dataset:

@@ -39,7 +39,9 @@ def model_from_config(model: Any, num_classes: int) -> VisionTransformer:
   )
 
 
-def _fmt_eta(seconds: float) -> str:
+def _fmt_eta(seconds: float | None) -> str:
+  if seconds is None:
+    return "--:--:--"
   minutes, secs = divmod(int(seconds), 60)
   hours, minutes = divmod(minutes, 60)
   return f"{hours}:{minutes:02d}:{secs:02d}"
@@ -105,7 +107,7 @@ def train(config: Any, data: Dataset, workdir: str) -> dict[str, float]:
         elapsed = time.perf_counter() - window_start
         img_per_sec = window_steps * config.batch_size / elapsed if window_steps else 0.0
         row["train/img_per_sec"] = img_per_sec
-        eta = (total - step) * config.batch_size / img_per_sec if img_per_sec else 0.0
+        eta = (total - step) * config.batch_size / img_per_sec if img_per_sec else None
         progress.set_postfix(loss=f"{row['train/loss']:.4f}", img_s=f"{img_per_sec:.0f}")
         logger.info("step %d/%d  loss %.4f  lr %.3g  %.0f img/s  ETA %s", step, total,
                     row["train/loss"], row["train/lr"], img_per_sec, _fmt_eta(eta))
