@@ -10,11 +10,9 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from vit_jax.models.presets import PRESETS
-
 
 def model_config(name: str = "ViT-B/16", **overrides) -> ml_collections.ConfigDict:
-  """A model section for preset `name` (one of PRESETS, or any name with all sizes given)."""
+  """A model section for preset `name` (vit_jax.models.presets) or a custom, fully sized model."""
   model = ml_collections.ConfigDict()
   model.name = name
   for key in ("patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim"):
@@ -30,5 +28,3 @@ def model_config(name: str = "ViT-B/16", **overrides) -> ml_collections.ConfigDi
   model.update(overrides)
   return model
 
-
-NAMES = tuple(PRESETS)

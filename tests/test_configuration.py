@@ -50,6 +50,16 @@ def test_validation_reports_every_problem():
   assert "not divisible by the 8 devices" in str(err.value)
 
 
+def test_out_of_range_values_are_reported_without_crashing():
+  c = resolved(quickstart.get_config())
+  c.model.num_heads, c.model.patch_size, c.warmup_steps = 0, 0, -1
+  with pytest.raises(ConfigError) as err:
+    configuration.validate(c, device_count=1)
+  for text in ("model.num_heads must be positive, got 0", "model.patch_size must be positive",
+               "warmup_steps must be at least 0, got -1"):
+    assert text in str(err.value)
+
+
 def test_total_steps_from_epochs():
   c = resolved(quickstart.get_config())
   c.num_epochs, c.batch_size, c.warmup_steps = 2.0, 128, 10
@@ -63,7 +73,7 @@ def test_workdir_with_another_config_is_refused(tmp_path):
   assert configuration.check_workdir(c, str(tmp_path)) is False
   (tmp_path / "config.json").write_text(configuration.to_json(c))
   assert configuration.check_workdir(c, str(tmp_path)) is True
-  c.lr = 0.5
-  with pytest.raises(ConfigError, match=r"different config \(lr: 0.001 -> 0.5\)"):
+  old_lr, c.lr = c.lr, 0.5
+  with pytest.raises(ConfigError, match=rf"different config \(lr: {old_lr} -> 0.5\)"):
     configuration.check_workdir(c, str(tmp_path))
-  assert json.loads((tmp_path / "config.json").read_text())["lr"] == 0.001
+  assert json.loads((tmp_path / "config.json").read_text())["lr"] == old_lr

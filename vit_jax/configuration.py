@@ -68,6 +68,24 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int,
   """Raises ConfigError naming every problem found (resolve the model first)."""
   problems = []
   m = config.model
+  positive = ["image_size", "batch_size", "accum_steps", "lr", "num_epochs", "log_every",
+              "checkpoint_every", "keep_checkpoints", "model.patch_size", "model.hidden_size",
+              "model.num_layers", "model.num_heads", "model.mlp_dim"]
+  non_negative = ["seed", "warmup_steps", "eval_every", "weight_decay", "grad_clip_norm",
+                  "model.representation_size"]
+  for key, low, strict in [(k, 0, True) for k in positive] + [(k, 0, False) for k in non_negative]:
+    value = config[key.split(".")[0]] if "." not in key else config.model[key.split(".")[1]]
+    if value < low or (strict and value == low):
+      problems.append(f"{key} must be {'positive' if strict else 'at least 0'}, got {value}")
+  for key in ("dropout", "attention_dropout"):
+    if not 0.0 <= m[key] < 1.0:
+      problems.append(f"model.{key} must be in [0, 1), got {m[key]}")
+  if config.num_classes is not None and config.num_classes <= 0:
+    problems.append(f"num_classes must be positive, got {config.num_classes}")
+  if config.total_steps is not None and config.total_steps <= 0:
+    problems.append(f"total_steps must be positive, got {config.total_steps}")
+  if problems:  # the checks below divide by these values
+    raise ConfigError("; ".join(problems))
   p, size = m.patch_size, config.image_size
   if size % p:
     problems.append(f"image_size {size} is not divisible by model.patch_size {p}; use a multiple "
@@ -76,15 +94,13 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int,
     problems.append(f"model.hidden_size {m.hidden_size} is not divisible by model.num_heads "
                     f"{m.num_heads}")
   b, a = config.batch_size, config.accum_steps
-  if b <= 0 or a <= 0:
-    problems.append("batch_size and accum_steps must be positive")
-  elif b % a:
+  if b % a:
     problems.append(f"batch_size {b} is not divisible by accum_steps {a}")
   elif (b // a) % device_count:
     problems.append(f"the micro-batch batch_size/accum_steps = {b // a} is not divisible by the "
                     f"{device_count} devices; use a batch_size that is a multiple of "
                     f"{device_count * a}")
-  if b > 0 and b % process_count:
+  if b % process_count:
     problems.append(f"batch_size {b} is not divisible by the {process_count} processes")
   _choice(problems, "model.posemb", m.posemb, posemb.KINDS)
   _choice(problems, "model.posemb_mode", m.posemb_mode, POSEMB_MODES)
@@ -95,11 +111,6 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int,
   _choice(problems, "loss", config.loss, step.LOSSES)
   _choice(problems, "augment", config.augment, preprocess.AUGMENTS)
   _choice(problems, "image_channels", str(config.image_channels), ("1", "3"))
-  for key in ("lr", "num_epochs", "log_every", "checkpoint_every", "keep_checkpoints"):
-    if config[key] <= 0:
-      problems.append(f"{key} must be positive, got {config[key]}")
-  if config.total_steps is not None and config.total_steps <= 0:
-    problems.append(f"total_steps must be positive, got {config.total_steps}")
   if problems:
     raise ConfigError("; ".join(problems))
 
@@ -125,6 +136,9 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> bool:
     raise ConfigError(f"workdir {workdir} exists and is not a directory; choose another --workdir")
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
+    if os.path.exists(os.path.join(workdir, "checkpoints")):
+      raise ConfigError(f"workdir {workdir} has checkpoints but no config.json, so they cannot be "
+                        "checked against this config; choose another --workdir")
     return False
   try:
     with open(path) as f:

@@ -33,7 +33,8 @@ def describe_flag_error(error: Exception, argv: Sequence[str]) -> str:
   unknown = re.search(r"'([^'\n]+)'.*?Did you mean \"([^\"]+)\"", text, re.S)
   if unknown:
     key, guess = unknown.groups()
-    flag = next((a.split("=")[0] for a in argv if a.startswith("--config.") and key in a), key)
+    names = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    flag = next((n for n in names if key in n.removeprefix("--config.").split(".")), key)
     return f"{flag}: the config has no key '{key}'; did you mean '{guess}'?"
   missing = None
   if isinstance(error, (KeyError, AttributeError)):
@@ -97,8 +98,7 @@ def main(argv: Sequence[str]) -> None:
   if lead:
     os.makedirs(workdir, exist_ok=True)
     if not resuming:
-      with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(configuration.to_json(config))
+      metrics.write_atomically(os.path.join(workdir, "config.json"), configuration.to_json(config))
   logger = metrics.setup_logging(workdir, write=lead)
   logger.info("%s: %s, %d train / %d eval examples, %d steps of batch %d on %d devices",
               workdir, config.dataset, data.num_train, data.num_eval, config.total_steps,

@@ -76,8 +76,13 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().split("\n")
           if line]
   assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
-  assert {"train/loss", "train/lr", "train/img_per_sec"} <= set(rows[0])
+  assert {"train/loss", "train/lr"} <= set(rows[0])
+  assert all("train/img_per_sec" in r for r in rows[1:])
   assert {"eval/accuracy", "eval/loss"} <= set(rows[-1])
+  # The lr logged at step s is the one its update used: warm-up over 2 steps, then linear decay.
+  lrs = [r["train/lr"] for r in rows]
+  lr = config.lr
+  np.testing.assert_allclose(lrs, [0.0, lr / 2, lr, lr * 3 / 4, lr / 2, lr / 4], rtol=1e-6)
 
 
 def test_finished_run_is_not_trained_again(tmp_path):

@@ -4,6 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from vit_jax.models.vit import VisionTransformer
 from vit_jax.train.optim import make_optimizer, make_schedule
 
 
@@ -38,13 +39,27 @@ def test_clipping_bounds_the_global_norm():
   assert float(jnp.linalg.norm(updates["w"])) == pytest.approx(1.0, rel=1e-5)
 
 
-def test_weight_decay_skips_biases_and_is_decoupled():
-  params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
+def test_weight_decay_is_decoupled_and_hits_only_kernels():
+  model = VisionTransformer(num_classes=3, patch_size=4, hidden_size=8, num_layers=1,
+                            num_heads=2, mlp_dim=8)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
+  params = jax.tree.map(jnp.ones_like, params)
   tx = make_optimizer(config(weight_decay=0.5), lambda _: 0.1)
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zeros, tx.init(params), params)
-  np.testing.assert_allclose(updates["kernel"], -0.1 * 0.5 * np.ones((2, 2)), rtol=1e-6)
-  np.testing.assert_array_equal(updates["bias"], np.zeros(2))
+  decayed = set()
+  for path, u in jax.tree_util.tree_leaves_with_path(updates):
+    name = "/".join(k.key for k in path)
+    if np.any(u != 0):
+      np.testing.assert_allclose(u, -0.1 * 0.5 * np.ones(u.shape), rtol=1e-6)  # lr * wd * w
+      decayed.add(name)
+  attention = "Transformer/encoderblock_0/MultiHeadDotProductAttention_1"
+  assert f"{attention}/query/kernel" in decayed and "embedding/kernel" in decayed
+  assert "head/kernel" in decayed
+  # Rank >= 2 but not weights: the (heads, head_dim) biases, class token and position table.
+  for kept in (f"{attention}/query/bias", "cls", "Transformer/posembed_input/pos_embedding",
+               "Transformer/encoder_norm/scale", "head/bias"):
+    assert kept not in decayed
 
 
 def test_unknown_decay():

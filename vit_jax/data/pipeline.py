@@ -152,4 +152,10 @@ def load(config: Any, feed: Feed) -> Dataset:
     return ArraySource(arrays[0], arrays[1], feed).dataset(bundled.NUM_CLASSES, names)
   from vit_jax.data import tfds_source
 
-  return tfds_source.load(config, feed)
+  try:
+    return tfds_source.load(config, feed)
+  except DatasetError:
+    raise
+  except Exception as e:  # malformed split strings, datasets without labels, ...
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    raise DatasetError(f"cannot read dataset '{config.dataset}': {first}") from None

@@ -17,6 +17,17 @@ from vit_jax.data.pipeline import Batch, Dataset, DatasetError, Feed, default_sp
 SHUFFLE_BUFFER = 50_000
 
 
+def _hide_accelerators_from_tensorflow() -> None:
+  try:
+    import tensorflow as tf
+  except ImportError:  # tfds can read some datasets without TensorFlow
+    return
+  try:
+    tf.config.set_visible_devices([], "GPU")  # the accelerators belong to JAX
+  except RuntimeError:  # already initialised in this process, with the same setting
+    pass
+
+
 def _hint(name: str, data_dir: str | None) -> str:
   where = data_dir or "~/tensorflow_datasets"
   return (f"prepare it with `tfds build {name} --data_dir {where}` on a machine with internet "
@@ -36,11 +47,13 @@ def open_builder(config: Any):
         f"dataset '{name}' is not available offline ({type(e).__name__}); {_hint(name, data_dir)}"
     ) from None
   if builder.is_prepared():
+    _hide_accelerators_from_tensorflow()
     return builder
   needs_manual = bool(getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None))
   if not config.download or (needs_manual and not config.manual_dir):
     raise DatasetError(
         f"dataset '{name}' is not prepared in {builder.data_dir}; {_hint(name, data_dir)}")
+  _hide_accelerators_from_tensorflow()
   try:
     download_config = tfds.download.DownloadConfig(manual_dir=config.manual_dir)
     builder.download_and_prepare(download_config=download_config)
@@ -86,7 +99,6 @@ class TfdsSource:
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    tf.config.set_visible_devices([], "GPU")  # keep TensorFlow off the accelerators
     f = self.feed
     read = tfds.ReadConfig(shuffle_seed=f.seed, interleave_cycle_length=16 if train else 1)
     ds = self.builder.as_dataset(split=split, shuffle_files=train, read_config=read)

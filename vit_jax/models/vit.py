@@ -117,7 +117,8 @@ class VisionTransformer(nn.Module):
   """ViT classifier: strided-conv patch embedding, Transformer encoder, pooling and head.
 
   Takes images (B, H, W, C) with H and W multiples of `patch_size` and returns float32 logits
-  (B, num_classes). The pooled (or pre-logits) features are sown as `intermediates/pre_logits`.
+  (B, num_classes), computed by a float32 head whatever the compute dtype. The pooled (or
+  pre-logits) features are sown as `intermediates/pre_logits`.
   """
 
   num_classes: int
@@ -164,11 +165,12 @@ class VisionTransformer(nn.Module):
     if self.representation_size:
       x = nn.tanh(nn.Dense(self.representation_size, name="pre_logits", **dt)(x))
     self.sow("intermediates", "pre_logits", x)
-    logits = nn.Dense(
+    # The head runs in float32: with a bias init of -10, bfloat16 logits would be 1/16 apart.
+    return nn.Dense(
         self.num_classes,
         kernel_init=nn.initializers.zeros,
         bias_init=nn.initializers.constant(self.head_bias_init),
+        dtype=jnp.float32,
+        param_dtype=self.param_dtype,
         name="head",
-        **dt,
-    )(x)
-    return logits.astype(jnp.float32)
+    )(x.astype(jnp.float32))

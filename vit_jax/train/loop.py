@@ -106,8 +106,10 @@ def train(config: Any, data: Dataset, workdir: str) -> dict[str, float]:
         row.update(jax.device_get(metrics))
         elapsed = time.perf_counter() - window_start
         img_per_sec = window_steps * config.batch_size / elapsed if window_steps else 0.0
-        row["train/img_per_sec"] = img_per_sec
-        eta = (total - step) * config.batch_size / img_per_sec if img_per_sec else None
+        eta = None
+        if img_per_sec:  # unknown until a step after the compiling one has been timed
+          row["train/img_per_sec"] = img_per_sec
+          eta = (total - step) * config.batch_size / img_per_sec
         progress.set_postfix(loss=f"{row['train/loss']:.4f}", img_s=f"{img_per_sec:.0f}")
         logger.info("step %d/%d  loss %.4f  lr %.3g  %.0f img/s  ETA %s", step, total,
                     row["train/loss"], row["train/lr"], img_per_sec, _fmt_eta(eta))

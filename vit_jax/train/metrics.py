@@ -13,6 +13,14 @@ import tqdm
 LOGGER = "vit_jax"
 
 
+def write_atomically(path: str, text: str) -> None:
+  """Replaces `path` with `text` so a reader (or a kill) never sees half a file."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
 class _TqdmHandler(logging.StreamHandler):
   """Console log lines that do not break the progress bar."""
 
@@ -55,13 +63,19 @@ class MetricWriter:
       self._tb = SummaryWriter(logdir=workdir)
 
   def truncate_after(self, step: int) -> None:
-    """Drops rows newer than `step`: a resumed run rewrites them."""
+    """Drops rows newer than `step` (a resumed run rewrites them) and any torn last line."""
     if not self.write or not os.path.exists(self.path):
       return
+    kept = []
     with open(self.path) as f:
-      rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(self.path, "w") as f:
-      f.writelines(rows)
+      for line in f:
+        try:
+          row = json.loads(line)
+        except ValueError:  # a line cut short when the process was killed
+          continue
+        if row["step"] <= step:
+          kept.append(json.dumps(row) + "\n")
+    write_atomically(self.path, "".join(kept))
 
   def row(self, step: int, scalars: dict[str, Any]) -> None:
     """Appends one row and the matching TensorBoard scalars."""

@@ -28,10 +28,14 @@ def make_schedule(lr: float, warmup_steps: int, total_steps: int, decay: str) ->
   return optax.join_schedules([warmup, after], [warmup_steps])
 
 
-def _decay_mask(params: Any) -> Any:
-  # Weight decay on matrices and conv kernels only; biases, LayerNorm and the class token are
-  # left alone.
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+def decay_mask(params: Any) -> Any:
+  """True for the weights that get weight decay: Dense and Conv kernels, nothing else.
+
+  Decided by name, not rank: attention biases are (heads, head_dim) and the class token and
+  position tables are 3-D, but none of them is decayed.
+  """
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
 
 
 def make_optimizer(config: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
@@ -43,9 +47,9 @@ def make_optimizer(config: Any, schedule: optax.Schedule) -> optax.GradientTrans
     chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
   if config.optimizer == "adam":
     chain.append(optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2,
-                             weight_decay=config.weight_decay, mask=_decay_mask))
+                             weight_decay=config.weight_decay, mask=decay_mask))
   else:
     chain.append(optax.sgd(schedule, momentum=config.momentum))
     if config.weight_decay:
-      chain.insert(-1, optax.add_decayed_weights(config.weight_decay, mask=_decay_mask))
+      chain.insert(-1, optax.add_decayed_weights(config.weight_decay, mask=decay_mask))
   return optax.chain(*chain)
