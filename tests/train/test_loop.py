@@ -1,4 +1,5 @@
 import json
+import math
 
 import jax
 import numpy as np
@@ -80,10 +81,13 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   # Throughput is unknown only on the first (compiling) step of each process: steps 1 and 5.
   assert [r["step"] for r in rows if "train/img_per_sec" not in r] == [1, 5]
   assert {"eval/accuracy", "eval/loss"} <= set(rows[-1])
-  # The lr logged at step s is the one its update used: warm-up over 2 steps, then linear decay.
+  # The lr logged at step s is the one its update used: warm-up over 2 steps, then cosine decay
+  # over the remaining 4.
+  assert config.decay == "cosine"
   lrs = [r["train/lr"] for r in rows]
-  lr = config.lr
-  np.testing.assert_allclose(lrs, [0.0, lr / 2, lr, lr * 3 / 4, lr / 2, lr / 4], rtol=1e-6)
+  lr, c = config.lr, math.cos(math.pi / 4)
+  np.testing.assert_allclose(lrs, [0.0, lr / 2, lr, lr * (1 + c) / 2, lr / 2, lr * (1 - c) / 2],
+                             rtol=1e-6)
 
 
 def test_finished_run_is_not_trained_again(tmp_path):
