@@ -58,6 +58,12 @@ def resolve_data(config: ml_collections.ConfigDict, *, num_train: int, num_class
   return config
 
 
+def _lookup(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  for part in dotted.split("."):
+    config = config[part]
+  return config
+
+
 def _choice(problems: list[str], key: str, value: Any, choices: tuple[str, ...]) -> None:
   if value not in choices:
     problems.append(f"{key} '{value}' is not one of {', '.join(choices)}")
@@ -73,10 +79,12 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int,
               "model.num_layers", "model.num_heads", "model.mlp_dim"]
   non_negative = ["seed", "warmup_steps", "eval_every", "weight_decay", "grad_clip_norm",
                   "model.representation_size"]
-  for key, low, strict in [(k, 0, True) for k in positive] + [(k, 0, False) for k in non_negative]:
-    value = config[key.split(".")[0]] if "." not in key else config.model[key.split(".")[1]]
-    if value < low or (strict and value == low):
-      problems.append(f"{key} must be {'positive' if strict else 'at least 0'}, got {value}")
+  for key in positive:
+    if _lookup(config, key) <= 0:
+      problems.append(f"{key} must be positive, got {_lookup(config, key)}")
+  for key in non_negative:
+    if _lookup(config, key) < 0:
+      problems.append(f"{key} must be at least 0, got {_lookup(config, key)}")
   for key in ("dropout", "attention_dropout"):
     if not 0.0 <= m[key] < 1.0:
       problems.append(f"model.{key} must be in [0, 1), got {m[key]}")
