@@ -64,6 +64,10 @@ def train(config: Any, data: Dataset, workdir: str) -> dict[str, float]:
 
   checkpoints = Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
   start = checkpoints.latest_step() or 0
+  if start >= total:  # before restoring anything or opening the writers
+    logger.info("Run already finished at step %d of %d", start, total)
+    checkpoints.close()
+    return {}
   if start:
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl),
                             jax.eval_shape(init))
@@ -74,11 +78,6 @@ def train(config: Any, data: Dataset, workdir: str) -> dict[str, float]:
     logger.info("Starting at step 0 of %d", total)
   writer = MetricWriter(workdir, write=lead)
   writer.truncate_after(start)
-  if start >= total:
-    logger.info("Run already finished at step %d of %d", start, total)
-    checkpoints.close()
-    writer.close()
-    return {}
 
   train_step = jax.jit(
       step_lib.make_train_step(model, tx, schedule, loss=config.loss,
