@@ -39,6 +39,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.adam_b2 = 0.999
   c.momentum = 0.9
   c.loss = "softmax_xent"  # softmax_xent | sigmoid_xent
+  # Few-shot linear evaluation of the frozen features, run with every evaluation.
+  c.fewshot = ml_collections.ConfigDict()
+  c.fewshot.shots = ()  # k values, e.g. (1, 5, 10); empty: off
+  c.fewshot.draws = 5  # random draws of the k examples per class, averaged
+  c.fewshot.pool = 2000  # training examples the k-shot sets are drawn from
+  c.fewshot.l2 = 1.0  # ridge regularisation
+  # Starting from another run (fine-tuning, resolution change).
+  c.init_from = ""  # a run directory whose newest checkpoint gives the initial parameters
+  c.posemb_resample = "bilinear"  # bilinear | bicubic, when the patch grid changes
   # Logging and checkpoints.
   c.log_every = 50
   c.eval_every = 1000  # 0: only at the end

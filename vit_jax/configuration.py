@@ -15,13 +15,13 @@ from typing import Any
 import ml_collections
 
 from vit_jax.data import preprocess
+from vit_jax.io import posemb_resize
 from vit_jax.models import posemb
 from vit_jax.models.presets import PRESETS
 from vit_jax.models.vit import POOLS
 from vit_jax.train import optim, step
 
 ARCH_KEYS = ("patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim")
-POSEMB_MODES = ("stem",)
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -110,9 +110,20 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int,
                     f"{device_count * a}")
   if b % process_count:
     problems.append(f"batch_size {b} is not divisible by the {process_count} processes")
-  _choice(problems, "model.posemb", m.posemb, posemb.KINDS)
-  _choice(problems, "model.posemb_mode", m.posemb_mode, POSEMB_MODES)
+  posemb_problem = posemb.check(m.posemb, m.posemb_mode, m.hidden_size)
+  if posemb_problem:
+    problems.append(f"model.{posemb_problem}")
   _choice(problems, "model.pool", m.pool, POOLS)
+  _choice(problems, "posemb_resample", config.posemb_resample, posemb_resize.METHODS)
+  fs = config.fewshot
+  if any(not isinstance(k, int) or k <= 0 for k in fs.shots):
+    problems.append(f"fewshot.shots must be positive integers, got {tuple(fs.shots)}")
+  if fs.draws <= 0 or fs.pool <= 0 or fs.l2 < 0:
+    problems.append(f"fewshot.draws and fewshot.pool must be positive and fewshot.l2 at least 0, "
+                    f"got {fs.draws}, {fs.pool}, {fs.l2}")
+  if config.init_from and not os.path.isdir(config.init_from):
+    problems.append(f"init_from {config.init_from} is not a directory; give a training run's "
+                    "workdir")
   _choice(problems, "model.dtype", m.dtype, DTYPES)
   _choice(problems, "optimizer", config.optimizer, optim.OPTIMIZERS)
   _choice(problems, "decay", config.decay, optim.DECAYS)

@@ -81,10 +81,7 @@ def main(argv: Sequence[str]) -> None:
     config = configuration.resolve_model(config)
     configuration.validate(config, device_count=jax.device_count(),
                            process_count=jax.process_count())
-    feed = pipeline.Feed(
-        batch_size=config.batch_size, eval_batch_size=config.batch_size // config.accum_steps,
-        image_size=config.image_size, channels=config.image_channels, augment=config.augment,
-        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
+    feed = pipeline.Feed.from_config(config, jax.process_index(), jax.process_count())
     data = pipeline.load(config, feed)
     config = configuration.resolve_data(config, num_train=data.num_train,
                                         num_classes=data.num_classes, splits=data.splits)

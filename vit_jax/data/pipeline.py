@@ -51,6 +51,15 @@ class Feed:
   process_index: int = 0
   process_count: int = 1
 
+  @classmethod
+  def from_config(cls, config: Any, process_index: int = 0, process_count: int = 1) -> Feed:
+    """The feed a run's config asks for; evaluation uses the micro-batch size."""
+    return cls(batch_size=config.batch_size,
+               eval_batch_size=config.batch_size // config.accum_steps,
+               image_size=config.image_size, channels=config.image_channels,
+               augment=config.augment, seed=config.seed, process_index=process_index,
+               process_count=process_count)
+
   def local(self, global_size: int) -> slice:
     """The slice of a global batch that belongs to this process."""
     n = global_size // self.process_count
@@ -67,6 +76,8 @@ class Dataset:
   train_batches: Callable[[int], Iterator[Batch]]  # first batch index -> endless iterator
   eval_batches: Callable[[], Iterator[Batch]]
   splits: tuple[str, str] = ("train", "test")  # the (train, eval) splits read
+  # pool size -> padded, unaugmented batches of a fixed set of that many training examples
+  pool_batches: Callable[[int], Iterator[Batch]] | None = None
 
 
 class ArraySource:
@@ -115,24 +126,31 @@ class ArraySource:
       }
       batch_index += 1
 
-  def eval_batches(self) -> Iterator[Batch]:
+  def _padded_batches(self, images: np.ndarray, labels: np.ndarray) -> Iterator[Batch]:
     f = self.feed
-    n, b = len(self.test_labels), f.eval_batch_size
+    n, b = len(labels), f.eval_batch_size
     local = f.local(b)
     for start in range(0, n, b):
       idx = np.arange(start, start + b)
       mask = (idx < n).astype(np.float32)
       idx = np.minimum(idx, n - 1)
       yield {
-          "image": preprocess.numpy_to_model_input(self.test_images[idx[local]], f.image_size,
-                                                   f.channels),
-          "label": self.test_labels[idx[local]],
+          "image": preprocess.numpy_to_model_input(images[idx[local]], f.image_size, f.channels),
+          "label": labels[idx[local]],
           "mask": mask[local],
       }
 
+  def eval_batches(self) -> Iterator[Batch]:
+    return self._padded_batches(self.test_images, self.test_labels)
+
+  def pool_batches(self, size: int) -> Iterator[Batch]:
+    """A fixed random `size` training examples (the same for every seed), unaugmented."""
+    order = np.random.default_rng(0).permutation(len(self.train_labels))[:size]
+    return self._padded_batches(self.train_images[order], self.train_labels[order])
+
   def dataset(self, num_classes: int, splits: tuple[str, str] = ("train", "test")) -> Dataset:
     return Dataset(num_classes, len(self.train_labels), len(self.test_labels),
-                   self.train_batches, self.eval_batches, splits)
+                   self.train_batches, self.eval_batches, splits, self.pool_batches)
 
 
 def load(config: Any, feed: Feed) -> Dataset:

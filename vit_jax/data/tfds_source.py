@@ -128,16 +128,29 @@ class TfdsSource:
       yield batch
 
   def eval_batches(self) -> Iterator[Batch]:
+    return self._padded_batches(self.eval_splits)
+
+  def pool_batches(self, size: int) -> Iterator[Batch]:
+    """The first `size` training examples (in the split's file order), unaugmented."""
+    import tensorflow_datasets as tfds
+
+    shards = tfds.even_splits(self.splits[0], self.feed.process_count)
+    return self._padded_batches(shards, limit=max(1, size // self.feed.process_count))
+
+  def _padded_batches(self, splits: list[str], limit: int | None = None) -> Iterator[Batch]:
     import tensorflow_datasets as tfds
 
     f = self.feed
     local = f.local(f.eval_batch_size)
     size = local.stop - local.start
     # Every process runs the same number of steps: the largest shard decides.
-    most = max(_num_examples(self.builder, s) for s in self.eval_splits)
+    most = max(_num_examples(self.builder, s) for s in splits)
+    most = most if limit is None else min(most, limit)
     steps = math.ceil(most / size)
-    split = self.eval_splits[f.process_index]
-    batches = iter(tfds.as_numpy(self._pipeline(split, train=False).batch(size).prefetch(2)))
+    split = splits[f.process_index]
+    ds = self._pipeline(split, train=False)
+    ds = ds if limit is None else ds.take(limit)
+    batches = iter(tfds.as_numpy(ds.batch(size).prefetch(2)))
     shape = (size, f.image_size, f.image_size, f.channels)
     for _ in range(steps):
       batch = next(batches, None) or {"image": np.zeros((0, *shape[1:]), np.float32),
@@ -152,7 +165,7 @@ class TfdsSource:
 
   def dataset(self) -> Dataset:
     return Dataset(self.num_classes, self.num_train, self.num_eval,
-                   self.train_batches, self.eval_batches, self.splits)
+                   self.train_batches, self.eval_batches, self.splits, self.pool_batches)
 
 
 def load(config: Any, feed: Feed) -> Dataset:

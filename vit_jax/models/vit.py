@@ -14,33 +14,11 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax.models import posemb
+from vit_jax.models.heads import MAPHead
+from vit_jax.models.mlp import MlpBlock
 
-POOLS = ("token", "gap")
+POOLS = ("token", "gap", "map")
 Dtype = Any
-
-
-class MlpBlock(nn.Module):
-  """Dense(mlp_dim) -> GELU -> dropout -> Dense(width) -> dropout."""
-
-  mlp_dim: int
-  dropout: float = 0.0
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    dense = dict(
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=nn.initializers.xavier_uniform(),
-        bias_init=nn.initializers.normal(stddev=1e-6),
-    )
-    width = x.shape[-1]
-    x = nn.Dense(self.mlp_dim, name="Dense_0", **dense)(x)
-    x = nn.gelu(x)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = nn.Dense(width, name="Dense_1", **dense)(x)
-    return nn.Dropout(self.dropout, deterministic=not train)(x)
 
 
 class EncoderBlock(nn.Module):
@@ -50,12 +28,19 @@ class EncoderBlock(nn.Module):
   mlp_dim: int
   dropout: float = 0.0
   attention_dropout: float = 0.0
+  relative_grid: tuple[int, int] | None = None  # patch grid, for the relative position bias
+  num_prefix: int = 0  # class tokens before the patches
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    extra = {}
+    if self.relative_grid is not None:
+      table = posemb.RelativeEmbedding(self.relative_grid, x.shape[-1] // self.num_heads,
+                                       self.num_prefix, self.param_dtype, name="relative_posemb")()
+      extra["attention_fn"] = posemb.relative_attention_fn(table)
     y = nn.LayerNorm(name="LayerNorm_0", **dt)(x)
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads,
@@ -65,6 +50,7 @@ class EncoderBlock(nn.Module):
         deterministic=not train,
         name="MultiHeadDotProductAttention_1",
         **dt,
+        **extra,
     )(y, y)
     x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
     y = nn.LayerNorm(name="LayerNorm_2", **dt)(x)
@@ -73,27 +59,49 @@ class EncoderBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-  """Position embedding, a stack of encoder blocks and the final LayerNorm."""
+  """Position embeddings, a stack of encoder blocks and the final LayerNorm.
+
+  Additive embeddings are `posembed_input` (before block 0; also reused before every block in
+  `every_layer_shared` mode) and, in `every_layer` mode, `posembed_layer_{i}` before block i > 0.
+  """
 
   num_layers: int
   num_heads: int
   mlp_dim: int
   posemb: str = "learn1d"
+  posemb_mode: str = "stem"
   dropout: float = 0.0
   attention_dropout: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    x = posemb.add_position_embedding(self.posemb, x, self.param_dtype)
+  def __call__(self, x: jax.Array, *, grid: tuple[int, int], num_prefix: int,
+               train: bool) -> jax.Array:
+    problem = posemb.check(self.posemb, self.posemb_mode, x.shape[-1])
+    if problem:
+      raise ValueError(problem)
+    additive = self.posemb in posemb.ADDITIVE
+
+    def embedding(name: str) -> posemb.AddPositionEmbedding:
+      return posemb.AddPositionEmbedding(self.posemb, grid, num_prefix, self.param_dtype,
+                                         name=name)
+
+    first = embedding("posembed_input") if additive else None
+    if first is not None:
+      x = first(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     for i in range(self.num_layers):
+      if first is not None and i > 0 and self.posemb_mode != "stem":
+        shared = self.posemb_mode == "every_layer_shared"
+        x = (first if shared else embedding(f"posembed_layer_{i}"))(x)
       x = EncoderBlock(
           num_heads=self.num_heads,
           mlp_dim=self.mlp_dim,
           dropout=self.dropout,
           attention_dropout=self.attention_dropout,
+          relative_grid=grid if self.posemb == "relative" else None,
+          num_prefix=num_prefix,
           dtype=self.dtype,
           param_dtype=self.param_dtype,
           name=f"encoderblock_{i}",
@@ -128,6 +136,7 @@ class VisionTransformer(nn.Module):
   num_heads: int
   mlp_dim: int
   posemb: str = "learn1d"
+  posemb_mode: str = "stem"
   pool: str = "token"
   representation_size: int = 0
   dropout: float = 0.0
@@ -141,7 +150,7 @@ class VisionTransformer(nn.Module):
     if self.pool not in POOLS:
       raise ValueError(f"unknown pooling '{self.pool}'; choose one of: {', '.join(POOLS)}")
     batch, height, width, _ = images.shape
-    check_grid(height, width, self.patch_size)
+    grid = check_grid(height, width, self.patch_size)
     dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     p = self.patch_size
     x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding="VALID", name="embedding", **dt)(
@@ -156,12 +165,18 @@ class VisionTransformer(nn.Module):
         num_heads=self.num_heads,
         mlp_dim=self.mlp_dim,
         posemb=self.posemb,
+        posemb_mode=self.posemb_mode,
         dropout=self.dropout,
         attention_dropout=self.attention_dropout,
         name="Transformer",
         **dt,
-    )(x, train=train)
-    x = x[:, 0] if self.pool == "token" else jnp.mean(x, axis=1)
+    )(x, grid=grid, num_prefix=int(self.pool == "token"), train=train)
+    if self.pool == "token":
+      x = x[:, 0]
+    elif self.pool == "gap":
+      x = jnp.mean(x, axis=1)
+    else:
+      x = MAPHead(self.num_heads, self.mlp_dim, name="MAPHead_0", **dt)(x)
     if self.representation_size:
       x = nn.tanh(nn.Dense(self.representation_size, name="pre_logits", **dt)(x))
     self.sow("intermediates", "pre_logits", x)

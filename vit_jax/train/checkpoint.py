@@ -6,6 +6,7 @@ data position are functions of the seed and the step, so the step is all a resum
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -44,3 +45,21 @@ class Checkpointer:
     """Waits for pending writes to be committed."""
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def load_run_params(workdir: str) -> tuple[dict[str, Any], Any]:
+  """(config.json as a dict, parameters of the newest checkpoint) of an earlier run's workdir."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise ValueError(f"{path} not found; init_from must be a training run's workdir")
+  with open(path) as f:
+    config = json.load(f)
+  checkpoints = Checkpointer(workdir, 1, 1000)
+  try:
+    step = checkpoints.latest_step()
+    if step is None:
+      raise ValueError(f"{workdir} has no checkpoint to initialise from")
+    params = checkpoints.restore(None, step)["params"]
+  finally:
+    checkpoints.close()
+  return config, params

@@ -12,11 +12,13 @@ import jax.numpy as jnp
 import tqdm
 
 from vit_jax.data.pipeline import Dataset
+from vit_jax.evaluate import fewshot
 from vit_jax.evaluate.classification import evaluate
+from vit_jax.io import posemb_resize
 from vit_jax.models.vit import VisionTransformer
 from vit_jax.train import optim, sharding
 from vit_jax.train import step as step_lib
-from vit_jax.train.checkpoint import Checkpointer
+from vit_jax.train.checkpoint import Checkpointer, load_run_params
 from vit_jax.train.metrics import LOGGER, MetricWriter
 
 
@@ -30,6 +32,7 @@ def model_from_config(model: Any, num_classes: int) -> VisionTransformer:
       num_heads=model.num_heads,
       mlp_dim=model.mlp_dim,
       posemb=model.posemb,
+      posemb_mode=model.posemb_mode,
       pool=model.pool,
       representation_size=model.representation_size,
       dropout=model.dropout,
@@ -37,6 +40,23 @@ def model_from_config(model: Any, num_classes: int) -> VisionTransformer:
       head_bias_init=model.head_bias_init,
       dtype=jnp.dtype(model.dtype),
   )
+
+
+def _grid(config: Any) -> tuple[int, int]:
+  side = config["image_size"] // config["model"]["patch_size"]
+  return side, side
+
+
+def initial_params(config: Any, params: Any) -> Any:
+  """`params` replaced by those of the run `config.init_from`, adapted to this model's grid."""
+  logger = logging.getLogger(LOGGER)
+  source_config, source = load_run_params(config.init_from)
+  old, new = _grid(source_config), _grid(config)
+  adapted, fresh = posemb_resize.adapt_params(source, jax.device_get(params), old, new,
+                                              config.posemb_resample)
+  logger.info("Initialised from %s (patch grid %dx%d -> %dx%d%s)", config.init_from, *old, *new,
+              f"; new {', '.join(fresh)}" if fresh else "")
+  return adapted
 
 
 def _fmt_eta(seconds: float | None) -> str:
@@ -75,6 +95,9 @@ def train(config: Any, data: Dataset, workdir: str) -> dict[str, float]:
     logger.info("Resuming from step %d (checkpoint %s/%d)", start, checkpoints.directory, start)
   else:
     state = init()
+    if config.init_from:
+      params = jax.device_put(initial_params(config, state.params), repl)
+      state = step_lib.TrainState(step=state.step, params=params, opt_state=state.opt_state)
     logger.info("Starting at step 0 of %d", total)
   writer = MetricWriter(workdir, write=lead)
   writer.truncate_after(start)
@@ -85,6 +108,8 @@ def train(config: Any, data: Dataset, workdir: str) -> dict[str, float]:
       in_shardings=(repl, batch_sharding), out_shardings=(repl, repl), donate_argnums=0)
   eval_step = jax.jit(step_lib.make_eval_step(model, loss=config.loss),
                       in_shardings=(repl, batch_sharding), out_shardings=repl)
+  feature_step = jax.jit(fewshot.make_feature_step(model), in_shardings=(repl, batch_sharding),
+                         out_shardings=repl)
   place = functools.partial(sharding.global_batch, mesh=mesh)
 
   batches = data.train_batches(start)
@@ -118,6 +143,11 @@ def train(config: Any, data: Dataset, workdir: str) -> dict[str, float]:
         row.update({"eval/accuracy": result["accuracy"], "eval/loss": result["loss"]})
         logger.info("step %d/%d  eval accuracy %.4f  loss %.4f  (%d examples)", step, total,
                     result["accuracy"], result["loss"], result["count"])
+        if config.fewshot.shots:
+          shots = fewshot.evaluate(feature_step, state.params, data, config.fewshot, place)
+          row.update(shots)
+          logger.info("step %d/%d  few-shot %s", step, total,
+                      "  ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in shots.items()))
         window_start, window_steps = time.perf_counter(), 0
       if row:
         writer.row(step, row)

@@ -1,0 +1,1 @@
+"""Reading and adapting parameters from other runs and formats."""

@@ -1,0 +1,35 @@
+"""The Transformer's position-wise MLP block."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+class MlpBlock(nn.Module):
+  """Dense(mlp_dim) -> GELU -> dropout -> Dense(width) -> dropout."""
+
+  mlp_dim: int
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    dense = dict(
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.xavier_uniform(),
+        bias_init=nn.initializers.normal(stddev=1e-6),
+    )
+    width = x.shape[-1]
+    x = nn.Dense(self.mlp_dim, name="Dense_0", **dense)(x)
+    x = nn.gelu(x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = nn.Dense(width, name="Dense_1", **dense)(x)
+    return nn.Dropout(self.dropout, deterministic=not train)(x)

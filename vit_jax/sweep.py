@@ -1,0 +1,171 @@
+"""Runs a sweep: `python -m vit_jax.sweep --config configs/sweeps/posemb.py --workdir DIR`.
+
+A sweep config defines `get_config()` (the base config), `get_sweep()` (a list of override dicts,
+one per run) and optionally `get_tables()` (how results.md lays the runs out). Each run trains
+with `python -m vit_jax.main` in `DIR/runs/<name>`; runs already complete are skipped and a
+partly trained one resumes, so a killed sweep continues where it stopped. At the end (and with
+`--collect`) the final row of every run goes to `DIR/results.csv`, `DIR/results.md` and
+`DIR/results.png`. Exit status: 0 when every run finished, 1 when some failed, 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from vit_jax import results
+
+EXIT_BAD_INPUT = 2
+
+
+def load_sweep(path: str) -> Any:
+  """Imports a sweep config file as a module; it must define get_config and get_sweep."""
+  if not os.path.isfile(path):
+    raise ValueError(f"sweep config {path} not found; e.g. --config configs/sweeps/posemb.py")
+  spec = importlib.util.spec_from_file_location("sweep_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for name in ("get_config", "get_sweep"):
+    if not hasattr(module, name):
+      raise ValueError(f"{path} defines no {name}(); a sweep config needs get_config and get_sweep")
+  return module
+
+
+def run_name(overrides: dict[str, Any]) -> str:
+  """A directory name from the overrides, e.g. `posemb=learn1d,posemb_mode=stem,seed=0`."""
+  parts = [f"{key.rsplit('.', 1)[-1]}={value}" for key, value in overrides.items()]
+  return ",".join(parts).replace("/", "_").replace(" ", "")
+
+
+def override_flags(overrides: dict[str, Any]) -> list[str]:
+  """`--config.key=value` flags for vit_jax.main."""
+  return [f"--config.{key}={value!r}" if isinstance(value, (tuple, list))
+          else f"--config.{key}={value}" for key, value in overrides.items()]
+
+
+def final_row(workdir: str) -> dict[str, Any] | None:
+  """The last metrics row of a finished run (step == total_steps, with an evaluation), or None."""
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      total = json.load(f)["total_steps"]
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      lines = [line for line in f if line.strip()]
+    row = json.loads(lines[-1]) if lines else None
+  except (OSError, ValueError, KeyError):
+    return None
+  if row and row.get("step") == total and "eval/accuracy" in row:
+    return row
+  return None
+
+
+def run_all(config_path: str, workdir: str, runs: list[dict[str, Any]]) -> list[str]:
+  """Trains every incomplete run in turn; returns the names of runs that failed."""
+  failed = []
+  times_path = os.path.join(workdir, "wall_seconds.json")
+  times = json.load(open(times_path)) if os.path.exists(times_path) else {}
+  os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
+  for i, overrides in enumerate(runs, 1):
+    name = run_name(overrides)
+    run_dir = os.path.join(workdir, "runs", name)
+    if final_row(run_dir) is not None:
+      print(f"[{i}/{len(runs)}] {name}: complete, skipped", flush=True)
+      continue
+    command = [sys.executable, "-m", "vit_jax.main", "--config", config_path,
+               "--workdir", run_dir, *override_flags(overrides)]
+    start = time.perf_counter()
+    with open(os.path.join(workdir, "logs", f"{name}.txt"), "a") as log:
+      status = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    row = final_row(run_dir)
+    if status or row is None:
+      failed.append(name)
+      print(f"[{i}/{len(runs)}] {name}: FAILED (exit {status}); see logs/{name}.txt", flush=True)
+      continue
+    times[name] = times.get(name, 0.0) + seconds
+    with open(times_path + ".tmp", "w") as f:
+      json.dump(times, f, indent=1)
+    os.replace(times_path + ".tmp", times_path)
+    shots = {k: v for k, v in row.items() if k.startswith("fewshot/")}
+    extra = "".join(f"  {k.split('/')[1]} {v:.4f}" for k, v in shots.items())
+    print(f"[{i}/{len(runs)}] {name}: eval/accuracy {row['eval/accuracy']:.4f}{extra}  "
+          f"({seconds:.0f} s)", flush=True)
+  return failed
+
+
+def collect(workdir: str, runs: list[dict[str, Any]], tables: list[dict[str, Any]]) -> list[dict]:
+  """Writes results.csv, results.md and results.png from the finished runs; returns the rows."""
+  times_path = os.path.join(workdir, "wall_seconds.json")
+  times = json.load(open(times_path)) if os.path.exists(times_path) else {}
+  rows = []
+  for overrides in runs:
+    name = run_name(overrides)
+    row = final_row(os.path.join(workdir, "runs", name))
+    if row is not None:
+      rows.append({"run": name, **overrides, **row, "wall_seconds": times.get(name)})
+  keys = list(dict.fromkeys(k for row in rows for k in row))
+  with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(results.markdown(rows, runs, tables))
+  if rows:
+    from vit_jax import figures
+
+    figures.sweep_bars(rows, tables[0], os.path.join(workdir, "results.png"))
+  return rows
+
+
+def default_tables(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """One table: the first varied key as rows, the second (if any) as columns."""
+  varied = [k for k in runs[0] if k != "seed" and len({str(r.get(k)) for r in runs}) > 1]
+  varied = varied or [next(iter(runs[0]))]
+  return [{"title": "Results", "rows": varied[0], "cols": varied[1] if len(varied) > 1 else None,
+           "where": {}}]
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m vit_jax.sweep",
+                                   description=__doc__.split("\n")[0])
+  parser.add_argument("--config", required=True, help="sweep config file")
+  parser.add_argument("--workdir", required=True, help="directory for all runs and results")
+  parser.add_argument("--collect", action="store_true", help="only write the results of "
+                      "finished runs")
+  parser.add_argument("--list", action="store_true", help="print the runs and exit")
+  args = parser.parse_args(argv)
+  try:
+    module = load_sweep(args.config)
+    runs = module.get_sweep()
+    if not runs or not all(isinstance(r, dict) and r for r in runs):
+      raise ValueError(f"{args.config}: get_sweep() must return a non-empty list of non-empty "
+                       "override dicts")
+    names = [run_name(r) for r in runs]
+    if len(set(names)) != len(names):
+      raise ValueError(f"{args.config}: get_sweep() lists the same run twice")
+    tables = module.get_tables() if hasattr(module, "get_tables") else default_tables(runs)
+  except Exception as e:  # the sweep file itself may raise anything
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+  if args.list:
+    print("\n".join(names))
+    return 0
+  workdir = os.path.abspath(args.workdir)
+  os.makedirs(workdir, exist_ok=True)
+  failed = [] if args.collect else run_all(os.path.abspath(args.config), workdir, runs)
+  rows = collect(workdir, runs, tables)
+  print(f"{len(rows)} of {len(runs)} runs finished; results in {workdir}/results.md")
+  if failed:
+    print(f"error: {len(failed)} runs failed: {', '.join(failed)}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
