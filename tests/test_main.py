@@ -35,7 +35,9 @@ def rows(workdir: Path) -> list[dict]:
 @pytest.mark.slow
 def test_train_writes_every_output_and_a_second_run_resumes(tmp_path):
   workdir = tmp_path / "run"
-  first = cli("--workdir", str(workdir), *TINY)
+  shots = ["--config.fewshot.shots=(1, 2)", "--config.fewshot.draws=2",
+           "--config.fewshot.pool=200"]
+  first = cli("--workdir", str(workdir), *TINY, *shots)
   assert first.returncode == 0, first.stderr
   config = json.loads((workdir / "config.json").read_text())
   assert config["total_steps"] == 6 and config["model"]["patch_size"] == 7
@@ -44,14 +46,25 @@ def test_train_writes_every_output_and_a_second_run_resumes(tmp_path):
   assert [r["step"] for r in metrics] == [2, 3, 4, 6]
   assert {"train/loss", "train/lr", "train/img_per_sec"} <= set(metrics[0])
   assert {"eval/accuracy", "eval/loss"} <= set(metrics[-1])
+  few = {"fewshot/1shot_accuracy", "fewshot/2shot_accuracy"}
+  assert few <= set(metrics[1]) and few <= set(metrics[-1]) and not few & set(metrics[0])
   assert list(workdir.glob("events.out.tfevents.*"))
   log = (workdir / "train.log").read_text()
   assert "step 6/6" in log and "eval accuracy" in log
   assert "step 2/6" in first.stderr and "img/s" in first.stderr  # the progress line
 
-  again = cli("--workdir", str(workdir), *TINY)
+  again = cli("--workdir", str(workdir), *TINY, *shots)
   assert again.returncode == 0, again.stderr
   assert "already finished at step 6" in again.stderr
+
+  # Few-shot evaluation of the saved checkpoint repeats the one logged during training.
+  offline = subprocess.run([sys.executable, "-m", "vit_jax.evaluate.fewshot", "--workdir",
+                            str(workdir)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert offline.returncode == 0, offline.stderr
+  result = json.loads(offline.stdout.strip().splitlines()[-1])
+  assert result["step"] == 6
+  for key in few:
+    assert result[key] == pytest.approx(metrics[-1][key], abs=1e-6)
 
 
 @pytest.mark.slow
@@ -87,7 +100,18 @@ BAD = {
     "bad value": (["--config.batch_size=abc"], "--config.batch_size=abc: invalid literal for int"),
     "negative seed": (["--config.seed=-1"], "seed must be at least 0, got -1"),
     "dropout range": (["--config.model.dropout=1.5"], "model.dropout must be in [0, 1)"),
-    "unknown posemb": (["--config.model.posemb=fancy"], "model.posemb 'fancy' is not one of"),
+    "unknown posemb": (["--config.model.posemb=fancy"], "unknown position embedding 'fancy'"),
+    "unknown posemb mode": (["--config.model.posemb_mode=sometimes"],
+                            "unknown position-embedding mode 'sometimes'"),
+    "mode not for kind": (["--config.model.posemb=relative",
+                           "--config.model.posemb_mode=every_layer"],
+                          "posemb_mode 'every_layer' does not apply to posemb 'relative'"),
+    "width for kind": (["--config.model.posemb=sincos2d", "--config.model.hidden_size=66",
+                        "--config.model.num_heads=2"], "divisible by 4, got 66"),
+    "unknown pool": (["--config.model.pool=max"], "model.pool 'max' is not one of token, gap, map"),
+    "fewshot shots": (["--config.fewshot.shots=(0, 5)"], "fewshot.shots must be positive"),
+    "init_from missing": (["--config.init_from={tmp}/nothing"], "nothing is not a directory"),
+    "resample method": (["--config.posemb_resample=nearest"], "posemb_resample 'nearest' is not"),
     "bad config variant": (["--config=configs/b16.py:foo"], "unknown variant 'foo'"),
     "config file missing": (["--config=configs/nofile.py"], "cannot load the config file"),
     "dataset not offline": (["--config.dataset=cifar10", "--config.download=False",

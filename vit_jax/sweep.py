@@ -86,7 +86,8 @@ def run_all(config_path: str, workdir: str, runs: list[dict[str, Any]]) -> list[
     row = final_row(run_dir)
     if status or row is None:
       failed.append(name)
-      print(f"[{i}/{len(runs)}] {name}: FAILED (exit {status}); see logs/{name}.txt", flush=True)
+      why = f"exit {status}" if status else "no final evaluation in its metrics.jsonl"
+      print(f"[{i}/{len(runs)}] {name}: FAILED ({why}); see logs/{name}.txt", flush=True)
       continue
     times[name] = times.get(name, 0.0) + seconds
     with open(times_path + ".tmp", "w") as f:

@@ -1,0 +1,92 @@
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from vit_jax.io import posemb_resize
+from vit_jax.models.vit import VisionTransformer
+from vit_jax.train import checkpoint, loop
+
+SIZE = dict(patch_size=4, hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32)
+
+
+def init(kind, pool, image, num_classes=3):
+  model = VisionTransformer(num_classes=num_classes, **SIZE, posemb=kind, pool=pool)
+  return jax.device_get(model.init(jax.random.key(0), jnp.zeros((1, *image, 1)))["params"])
+
+
+@pytest.mark.parametrize("method", posemb_resize.METHODS)
+def test_resampling_to_the_same_grid_is_the_identity(method):
+  rng = np.random.default_rng(0)
+  table = rng.normal(size=(1, 1 + 2 * 3, 8)).astype(np.float32)
+  np.testing.assert_allclose(posemb_resize.resize_learn1d(table, (2, 3), (2, 3), method), table,
+                             atol=1e-6)
+  rel = rng.normal(size=(3, 5, 4)).astype(np.float32)
+  np.testing.assert_allclose(posemb_resize.resize_relative(rel, (2, 3), method), rel, atol=1e-6)
+  row = rng.normal(size=(2, 4)).astype(np.float32)
+  np.testing.assert_allclose(posemb_resize.resize_axis_table(row, 2, method), row, atol=1e-6)
+
+
+def test_learn1d_resampled_on_its_grid_with_the_class_row_untouched():
+  rng = np.random.default_rng(0)
+  table = rng.normal(size=(1, 1 + 2 * 3, 8)).astype(np.float32)
+  out = posemb_resize.resize_learn1d(table, (2, 3), (4, 5))
+  assert out.shape == (1, 1 + 4 * 5, 8)
+  np.testing.assert_array_equal(out[:, 0], table[:, 0])
+  # A constant grid stays constant; a grid varying only along columns stays so.
+  ramp = np.tile(np.arange(3, dtype=np.float32)[None, :, None], (2, 1, 8)).reshape(1, 6, 8)
+  grid = posemb_resize.resize_learn1d(ramp, (2, 3), (4, 5)).reshape(4, 5, 8)
+  np.testing.assert_allclose(grid, np.broadcast_to(grid[:1], grid.shape), atol=1e-6)
+  assert np.all(np.diff(grid[0, :, 0]) >= 0)
+  bicubic = posemb_resize.resize_learn1d(table, (2, 3), (4, 5), "bicubic")
+  assert not np.allclose(bicubic, out)
+
+
+def test_relative_table_has_the_new_offset_grid():
+  rel = np.random.default_rng(0).normal(size=(3, 5, 4))
+  assert posemb_resize.resize_relative(rel, (4, 6)).shape == (7, 11, 4)
+
+
+def test_unknown_method_is_named():
+  with pytest.raises(ValueError, match="unknown resampling method 'nearest'"):
+    posemb_resize.resample(np.zeros((2, 2)), (3, 3), "nearest")
+
+
+@pytest.mark.parametrize("kind,pool", [("learn1d", "token"), ("learn2d", "gap"),
+                                       ("relative", "token"), ("sincos2d", "token")])
+def test_adapted_parameters_fit_the_new_model(kind, pool):
+  source = init(kind, pool, (8, 12))
+  target = init(kind, pool, (16, 16), num_classes=7)
+  adapted, fresh = posemb_resize.adapt_params(source, target, (2, 3), (4, 4))
+  assert jax.tree.map(np.shape, adapted) == jax.tree.map(np.shape, target)
+  assert fresh == ["head/bias", "head/kernel"]
+  np.testing.assert_array_equal(adapted["embedding"]["kernel"], source["embedding"]["kernel"])
+  if pool == "token":
+    np.testing.assert_array_equal(adapted["cls"], source["cls"])
+  model = VisionTransformer(num_classes=7, **SIZE, posemb=kind, pool=pool)
+  assert model.apply({"params": adapted}, jnp.ones((2, 16, 16, 1))).shape == (2, 7)
+
+
+def test_another_architecture_is_refused_by_name():
+  with pytest.raises(ValueError, match="no parameter Transformer/posembed_input/col_embedding"):
+    posemb_resize.adapt_params(init("learn1d", "gap", (8, 8)), init("learn2d", "gap", (8, 8)),
+                               (2, 2), (2, 2))
+
+
+def test_init_from_a_run_resamples_its_checkpoint(tmp_path):
+  source = init("learn1d", "token", (8, 8))
+  config = {"image_size": 8, "model": {"patch_size": 4}}
+  (tmp_path / "config.json").write_text(json.dumps(config))
+  saver = checkpoint.Checkpointer(str(tmp_path), 1, 1)
+  saver.save(5, {"step": np.int32(5), "params": source, "opt_state": {}}, force=True)
+  saver.close()
+  new = ml_collections.ConfigDict({"init_from": str(tmp_path), "image_size": 12,
+                                   "posemb_resample": "bicubic", "model": {"patch_size": 4}})
+  params = loop.initial_params(new, init("learn1d", "token", (12, 12)))
+  want = posemb_resize.resize_learn1d(source["Transformer"]["posembed_input"]["pos_embedding"],
+                                      (2, 2), (3, 3), "bicubic")
+  np.testing.assert_allclose(params["Transformer"]["posembed_input"]["pos_embedding"], want)
+  np.testing.assert_array_equal(params["head"]["kernel"], source["head"]["kernel"])
