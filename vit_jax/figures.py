@@ -2,7 +2,8 @@
 
   python -m vit_jax.figures similarity --workdir RUN --out posemb.png
   python -m vit_jax.figures curves --workdir RUN --out curves.png
-  python -m vit_jax.figures sweep --workdir SWEEP_DIR --out results.png   (needs results.csv)
+  python -m vit_jax.figures sweep --workdir SWEEP_DIR --out results.png \
+      [--sweep_config configs/sweeps/posemb.py --table 1]   (reads results.csv)
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("figure", choices=["similarity", "curves", "sweep"])
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--out", required=True, help="PNG file to write")
-  parser.add_argument("--sweep_config", default="", help="sweep config whose first table to use")
+  parser.add_argument("--sweep_config", default="", help="sweep config whose tables to use")
+  parser.add_argument("--table", type=int, default=0, help="which of its tables to plot")
   args = parser.parse_args(argv)
   try:
     if args.figure == "similarity":
@@ -145,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
       if args.sweep_config:
         from vit_jax.sweep import load_sweep
 
-        table = load_sweep(args.sweep_config).get_tables()[0]
+        table = load_sweep(args.sweep_config).get_tables()[args.table]
       sweep_bars(rows, table, args.out)
-  except (OSError, ValueError, KeyError) as e:
+  except (OSError, ValueError, KeyError, IndexError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0
