@@ -158,3 +158,15 @@ def test_checkpoints_without_config_are_not_adopted(tmp_path):
   result = cli("--workdir", str(tmp_path / "run"), *TINY)
   assert result.returncode == 2 and "has checkpoints but no config.json" in result.stderr
   assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == ["5", "checkpoints"]
+
+
+@pytest.mark.slow
+def test_init_from_a_run_at_another_resolution(tmp_path):
+  source = tmp_path / "source"
+  assert cli("--workdir", str(source), *TINY, "--config.total_steps=3").returncode == 0
+  result = cli("--workdir", str(tmp_path / "finetune"), *TINY, "--config.total_steps=2",
+               "--config.image_size=56", f"--config.init_from={source}",
+               "--config.posemb_resample=bicubic")
+  assert result.returncode == 0, result.stderr
+  assert f"Initialised from {source} (patch grid 4x4 -> 8x8)" in result.stderr
+  assert "eval/accuracy" in rows(tmp_path / "finetune")[-1]
