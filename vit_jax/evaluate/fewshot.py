@@ -97,6 +97,7 @@ def main(argv: Sequence[str]) -> None:
   import os
 
   from absl import flags
+  from absl import logging as absl_logging
   from ml_collections import ConfigDict
 
   from vit_jax.data import pipeline
@@ -104,6 +105,7 @@ def main(argv: Sequence[str]) -> None:
   from vit_jax.train.checkpoint import Checkpointer
 
   del argv
+  absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax logs every restore at INFO
   workdir = flags.FLAGS.workdir
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
@@ -112,8 +114,11 @@ def main(argv: Sequence[str]) -> None:
     config = ConfigDict(json.load(f))
   if not config.fewshot.shots:
     config.fewshot.shots = (1, 5, 10)
-  data = pipeline.load(config, pipeline.Feed.from_config(config, jax.process_index(),
-                                                         jax.process_count()))
+  try:
+    data = pipeline.load(config, pipeline.Feed.from_config(config, jax.process_index(),
+                                                           jax.process_count()))
+  except pipeline.DatasetError as e:
+    raise SystemExit(f"error: {e}") from None
   checkpoints = Checkpointer(workdir, 1, 1000)
   step = flags.FLAGS.step or checkpoints.latest_step()
   if step is None:
