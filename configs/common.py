@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.adam_b1 = 0.9
   c.adam_b2 = 0.999
   c.momentum = 0.9
+  c.moment_dtype = "float32"  # float32 | bfloat16: Adam's first moment / SGD's momentum
   c.loss = "softmax_xent"  # softmax_xent | sigmoid_xent
   # Few-shot linear evaluation of the frozen features, run with every evaluation.
   c.fewshot = ml_collections.ConfigDict()
@@ -48,6 +49,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Starting from another run (fine-tuning, resolution change).
   c.init_from = ""  # a run directory whose newest checkpoint gives the initial parameters
   c.posemb_resample = "bilinear"  # bilinear | bicubic, when the patch grid changes
+  # Devices: the batch is split over data x fsdp; big state tensors are split over fsdp.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # -1: all devices not used by fsdp
+  c.mesh.fsdp = 1
+  c.mesh.fsdp_min_size = 2**14  # tensors with fewer elements stay replicated
   # Logging and checkpoints.
   c.log_every = 50
   c.eval_every = 1000  # 0: only at the end

@@ -25,6 +25,9 @@ def model_config(name: str = "ViT-B/16", **overrides) -> ml_collections.ConfigDi
   model.attention_dropout = 0.0
   model.head_bias_init = 0.0
   model.dtype = "float32"  # compute dtype; parameters are always float32
+  model.attention = "auto"  # auto | plain | xla | cudnn (vit_jax.models.attention)
+  model.remat = "none"  # none | full | dots | dots_no_batch: activations recomputed in backward
+  model.scan_layers = False  # one nn.scan over the encoder blocks (faster compile)
   model.update(overrides)
   return model
 

@@ -16,10 +16,10 @@ import ml_collections
 
 from vit_jax.data import preprocess
 from vit_jax.io import posemb_resize
-from vit_jax.models import posemb
+from vit_jax.models import attention, posemb
 from vit_jax.models.presets import PRESETS
-from vit_jax.models.vit import POOLS
-from vit_jax.train import optim, step
+from vit_jax.models.vit import POOLS, check_memory_options
+from vit_jax.train import optim, sharding, step
 
 ARCH_KEYS = ("patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -110,6 +110,16 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int,
                     f"{device_count * a}")
   if b % process_count:
     problems.append(f"batch_size {b} is not divisible by the {process_count} processes")
+  try:
+    sharding.mesh_shape(config.mesh.data, config.mesh.fsdp, device_count)
+  except ValueError as e:
+    problems.append(str(e))
+  if config.mesh.fsdp_min_size < 0:
+    problems.append(f"mesh.fsdp_min_size must be at least 0, got {config.mesh.fsdp_min_size}")
+  for problem in (attention.check(m.attention, m.attention_dropout),
+                  check_memory_options(m.remat, m.scan_layers, m.posemb_mode)):
+    if problem:
+      problems.append(f"model.{problem}")
   posemb_problem = posemb.check(m.posemb, m.posemb_mode, m.hidden_size)
   if posemb_problem:
     problems.append(f"model.{posemb_problem}")
@@ -126,6 +136,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int,
                     "workdir")
   _choice(problems, "model.dtype", m.dtype, DTYPES)
   _choice(problems, "optimizer", config.optimizer, optim.OPTIMIZERS)
+  _choice(problems, "moment_dtype", config.moment_dtype, optim.MOMENT_DTYPES)
   _choice(problems, "decay", config.decay, optim.DECAYS)
   _choice(problems, "loss", config.loss, step.LOSSES)
   _choice(problems, "augment", config.augment, preprocess.AUGMENTS)
@@ -149,8 +160,17 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+# Settings that change how a run is laid out on the devices, not what it computes: a run may be
+# resumed with other values (e.g. on another number of devices).
+LAYOUT_KEYS = ("mesh.", "model.attention", "model.remat", "model.scan_layers")
+
+
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> bool:
-  """Returns whether `workdir` holds an earlier run of this config; raises if it holds another."""
+  """Returns whether `workdir` holds an earlier run of this config; raises if it holds another.
+
+  Layout settings (`LAYOUT_KEYS`) are not compared, nor keys the earlier run's config.json lacks
+  (written before they existed, so the run used their defaults).
+  """
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ConfigError(f"workdir {workdir} exists and is not a directory; choose another --workdir")
   path = os.path.join(workdir, "config.json")
@@ -165,8 +185,9 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> bool:
   except (OSError, ValueError) as e:
     raise ConfigError(f"cannot read {path} ({e}); choose another --workdir") from None
   new = _flatten(json.loads(config.to_json()))
-  diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-          if old.get(k) != new.get(k)]
+  keys = sorted(k for k in set(old) | set(new)
+                if k in old and not any(k.startswith(p) for p in LAYOUT_KEYS))
+  diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
   if diff:
     shown = ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")
     raise ConfigError(f"workdir {workdir} holds a run with a different config ({shown}); use a "

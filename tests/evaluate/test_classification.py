@@ -27,7 +27,7 @@ def test_each_of_1001_examples_counts_once_with_batch_64(devices):
   images = np.zeros((n, 4, 4, 1), np.uint8)
   feed = Feed(batch_size=64, eval_batch_size=64, image_size=4, channels=1, augment="none", seed=0)
   src = ArraySource((images[:64], labels[:64]), (images, labels), feed)
-  mesh = sharding.make_mesh(jax.devices()[:devices])
+  mesh = sharding.make_mesh(devices=jax.devices()[:devices])
   model = ConstantModel()
   params = model.init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)))["params"]
   step = jax.jit(make_eval_step(model, loss="softmax_xent"),

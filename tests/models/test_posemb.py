@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax.models import posemb
+from vit_jax.models import attention, posemb
 from vit_jax.models.vit import VisionTransformer
 
 D, L, HEADS, P = 32, 3, 4, 4
@@ -145,12 +145,14 @@ def test_relative_bias_depends_only_on_the_offset():
   assert all(tuple(table[0, 1 + b]) == tuple(table[0, 1]) for b in range(GH * GW))
 
 
-def test_relative_attention_adds_q_dot_r_to_the_logits():
+@pytest.mark.parametrize("implementation", ["plain", "xla"])
+def test_relative_attention_adds_q_dot_r_to_the_logits(implementation):
   rng = np.random.default_rng(0)
   t, h, d = 4, 2, 8
   q, k, v = (rng.normal(size=(1, t, h, d)).astype(np.float32) for _ in range(3))
   r = rng.normal(size=(t, t, d)).astype(np.float32)
-  out = posemb.relative_attention_fn(jnp.asarray(r))(q, k, v, deterministic=True)
+  fn = attention.attention_fn(implementation, jnp.float32, posemb.relative_bias(jnp.asarray(r)))
+  out = fn(q, k, v, deterministic=True)
   logits = (np.einsum("bqhd,bkhd->bhqk", q, k) + np.einsum("bqhd,qkd->bhqk", q, r)) / np.sqrt(d)
   weights = np.exp(logits - logits.max(-1, keepdims=True))
   weights /= weights.sum(-1, keepdims=True)

@@ -25,7 +25,7 @@ def run(accum_steps, steps, devices, lr=1e-3, optimizer="adam"):
                                        adam_b2=0.999, weight_decay=0.0, momentum=0.9))
   schedule = make_schedule(lr, 0, 100, "constant")
   tx = make_optimizer(cfg, schedule)
-  mesh = sharding.make_mesh(jax.devices()[:devices])
+  mesh = sharding.make_mesh(devices=jax.devices()[:devices])
   repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   state = jax.jit(lambda: init_state(model, tx, (8, 8, 1), seed=0), out_shardings=repl)()
   step = jax.jit(make_train_step(model, tx, schedule, loss="softmax_xent",

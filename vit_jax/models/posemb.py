@@ -174,17 +174,14 @@ class RelativeEmbedding(nn.Module):
     return flat[relative_index(self.grid, self.num_prefix)]
 
 
-def relative_attention_fn(table: jax.Array) -> Callable[..., jax.Array]:
-  """An `attention_fn` for nn.MultiHeadDotProductAttention adding q_a . R[a, b] to the logits.
+def relative_bias(table: jax.Array) -> Callable[[jax.Array], jax.Array]:
+  """query (B, T, H, d) -> the (B, H, T, T) logit bias q_a . R[a, b] / sqrt(d) of a gathered table.
 
-  The bias is scaled by 1/sqrt(head_dim) like q.k, i.e. logits = q_a . (k_b + R[a, b]) / sqrt(d).
+  Scaled like q.k, so the logits are q_a . (k_b + R[a, b]) / sqrt(d).
   """
 
-  def attention(query: jax.Array, key: jax.Array, value: jax.Array, bias: Any = None,
-                **kwargs: Any) -> jax.Array:
+  def bias(query: jax.Array) -> jax.Array:
     scale = jnp.sqrt(query.shape[-1]).astype(query.dtype)
-    extra = jnp.einsum("bqhd,qkd->bhqk", query, table.astype(query.dtype)) / scale
-    bias = extra if bias is None else bias + extra
-    return nn.dot_product_attention(query, key, value, bias=bias, **kwargs)
+    return jnp.einsum("bqhd,qkd->bhqk", query, table.astype(query.dtype)) / scale
 
-  return attention
+  return bias

@@ -13,34 +13,47 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models import posemb
+from vit_jax.models import attention, posemb
 from vit_jax.models.heads import MAPHead
 from vit_jax.models.mlp import MlpBlock
 
 POOLS = ("token", "gap", "map")
 Dtype = Any
+# Which activations of an encoder block are kept for the backward pass; the rest are recomputed.
+# `none` keeps all (no rematerialisation), `full` keeps only the block's input.
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 class EncoderBlock(nn.Module):
-  """Pre-LayerNorm block: x + MHSA(LN(x)), then x + MLP(LN(x))."""
+  """Pre-LayerNorm block: x + MHSA(LN(x)), then x + MLP(LN(x)).
+
+  With `scanned` it returns (x, None), the carry and output `nn.scan` expects.
+  """
 
   num_heads: int
   mlp_dim: int
   dropout: float = 0.0
   attention_dropout: float = 0.0
+  attention: str = "plain"  # see vit_jax.models.attention
   relative_grid: tuple[int, int] | None = None  # patch grid, for the relative position bias
   num_prefix: int = 0  # class tokens before the patches
+  scanned: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool) -> Any:
     dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    extra = {}
+    bias = None
     if self.relative_grid is not None:
       table = posemb.RelativeEmbedding(self.relative_grid, x.shape[-1] // self.num_heads,
                                        self.num_prefix, self.param_dtype, name="relative_posemb")()
-      extra["attention_fn"] = posemb.relative_attention_fn(table)
+      bias = posemb.relative_bias(table)
     y = nn.LayerNorm(name="LayerNorm_0", **dt)(x)
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads,
@@ -48,14 +61,25 @@ class EncoderBlock(nn.Module):
         broadcast_dropout=False,
         dropout_rate=self.attention_dropout,
         deterministic=not train,
+        attention_fn=attention.attention_fn(self.attention, self.dtype, bias),
         name="MultiHeadDotProductAttention_1",
         **dt,
-        **extra,
     )(y, y)
     x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
     y = nn.LayerNorm(name="LayerNorm_2", **dt)(x)
     y = MlpBlock(self.mlp_dim, self.dropout, name="MlpBlock_3", **dt)(y, train=train)
-    return x + y
+    x = x + y
+    return (x, None) if self.scanned else x
+
+
+def check_memory_options(remat: str, scan_layers: bool, posemb_mode: str) -> str | None:
+  """Why a remat policy / layer scan cannot be used (None when it can)."""
+  if remat not in REMAT_POLICIES:
+    return f"remat '{remat}' is not one of {', '.join(REMAT_POLICIES)}"
+  if scan_layers and posemb_mode != "stem":
+    return (f"scan_layers needs posemb_mode 'stem' (got '{posemb_mode}'): the layers of a scan "
+            "must be identical")
+  return None
 
 
 class Encoder(nn.Module):
@@ -63,6 +87,8 @@ class Encoder(nn.Module):
 
   Additive embeddings are `posembed_input` (before block 0; also reused before every block in
   `every_layer_shared` mode) and, in `every_layer` mode, `posembed_layer_{i}` before block i > 0.
+  Blocks are `encoderblock_{i}`; with `scan_layers` they are one `nn.scan` named `encoderblock`
+  whose parameters have a leading layer axis (vit_jax.io.layers converts between the two).
   """
 
   num_layers: int
@@ -72,13 +98,18 @@ class Encoder(nn.Module):
   posemb_mode: str = "stem"
   dropout: float = 0.0
   attention_dropout: float = 0.0
+  attention: str = "plain"
+  remat: str = "none"
+  scan_layers: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, grid: tuple[int, int], num_prefix: int,
                train: bool) -> jax.Array:
-    problem = posemb.check(self.posemb, self.posemb_mode, x.shape[-1])
+    problem = (posemb.check(self.posemb, self.posemb_mode, x.shape[-1])
+               or attention.check(self.attention, self.attention_dropout)
+               or check_memory_options(self.remat, self.scan_layers, self.posemb_mode))
     if problem:
       raise ValueError(problem)
     additive = self.posemb in posemb.ADDITIVE
@@ -91,21 +122,29 @@ class Encoder(nn.Module):
     if first is not None:
       x = first(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    for i in range(self.num_layers):
+    block = EncoderBlock
+    if self.remat != "none":  # argument 2 (counting self) is `train`, a Python bool
+      block = nn.remat(block, policy=REMAT_POLICIES[self.remat], static_argnums=(2,))
+    settings = dict(
+        num_heads=self.num_heads,
+        mlp_dim=self.mlp_dim,
+        dropout=self.dropout,
+        attention_dropout=self.attention_dropout,
+        attention=self.attention,
+        relative_grid=grid if self.posemb == "relative" else None,
+        num_prefix=num_prefix,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+    )
+    if self.scan_layers:
+      stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True,
+                      "dropout": True}, in_axes=nn.broadcast, length=self.num_layers)
+      x, _ = stack(scanned=True, name="encoderblock", **settings)(x, train)
+    for i in range(0 if self.scan_layers else self.num_layers):
       if first is not None and i > 0 and self.posemb_mode != "stem":
         shared = self.posemb_mode == "every_layer_shared"
         x = (first if shared else embedding(f"posembed_layer_{i}"))(x)
-      x = EncoderBlock(
-          num_heads=self.num_heads,
-          mlp_dim=self.mlp_dim,
-          dropout=self.dropout,
-          attention_dropout=self.attention_dropout,
-          relative_grid=grid if self.posemb == "relative" else None,
-          num_prefix=num_prefix,
-          dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          name=f"encoderblock_{i}",
-      )(x, train=train)
+      x = block(name=f"encoderblock_{i}", **settings)(x, train)
     return nn.LayerNorm(name="encoder_norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
 
 
@@ -142,6 +181,9 @@ class VisionTransformer(nn.Module):
   dropout: float = 0.0
   attention_dropout: float = 0.0
   head_bias_init: float = 0.0
+  attention: str = "plain"
+  remat: str = "none"
+  scan_layers: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -168,6 +210,9 @@ class VisionTransformer(nn.Module):
         posemb_mode=self.posemb_mode,
         dropout=self.dropout,
         attention_dropout=self.attention_dropout,
+        attention=self.attention,
+        remat=self.remat,
+        scan_layers=self.scan_layers,
         name="Transformer",
         **dt,
     )(x, grid=grid, num_prefix=int(self.pool == "token"), train=train)

@@ -35,9 +35,13 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
+  def due(self, step: int, *, force: bool = False) -> bool:
+    """Whether `save(step, ...)` would write a checkpoint."""
+    return force or step % self.every == 0
+
   def save(self, step: int, state: Any, *, force: bool = False) -> bool:
     """Saves `state` when `step` is on the interval (or `force`); returns whether it saved."""
-    if step % self.every and not force:
+    if not self.due(step, force=force):
       return False
     return self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
 

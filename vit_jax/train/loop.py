@@ -14,7 +14,7 @@ import tqdm
 from vit_jax.data.pipeline import Dataset
 from vit_jax.evaluate import fewshot
 from vit_jax.evaluate.classification import evaluate
-from vit_jax.io import posemb_resize
+from vit_jax.io import layers, posemb_resize
 from vit_jax.models.vit import VisionTransformer
 from vit_jax.train import optim, sharding
 from vit_jax.train import step as step_lib
@@ -38,6 +38,10 @@ def model_from_config(model: Any, num_classes: int) -> VisionTransformer:
       dropout=model.dropout,
       attention_dropout=model.attention_dropout,
       head_bias_init=model.head_bias_init,
+      # Runs written before these options existed used Flax's attention and no remat or scan.
+      attention=model.get("attention", "plain"),
+      remat=model.get("remat", "none"),
+      scan_layers=model.get("scan_layers", False),
       dtype=jnp.dtype(model.dtype),
   )
 
@@ -67,20 +71,49 @@ def _fmt_eta(seconds: float | None) -> str:
   return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
+class Placement:
+  """The mesh, where each part of the state lives, and the layout conversions for checkpoints.
+
+  Checkpoints always hold per-layer parameters (vit_jax.io.layers); with `scan_layers` the
+  running state is converted on save and restore.
+  """
+
+  def __init__(self, config: Any, init_fn: Any):
+    self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    self.replicated = sharding.replicated(mesh=self.mesh)
+    self.batch = sharding.batch_sharded(self.mesh)
+    min_size = config.mesh.fsdp_min_size
+    abstract = jax.eval_shape(init_fn)
+    self.state = sharding.state_shardings(abstract, self.mesh, min_size)
+    self.scanned = bool(config.model.get("scan_layers", False))
+    stored = jax.eval_shape(layers.to_per_layer, abstract) if self.scanned else abstract
+    self.stored = sharding.state_shardings(stored, self.mesh, min_size)
+    self.abstract_stored = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), stored, self.stored)
+    if self.scanned:
+      self.to_stored = jax.jit(layers.to_per_layer, out_shardings=self.stored)
+      self.from_stored = jax.jit(layers.to_scanned, out_shardings=self.state, donate_argnums=0)
+    else:
+      self.to_stored = self.from_stored = lambda state: state
+
+  def place_batch(self, local: dict[str, Any]) -> dict[str, jax.Array]:
+    """This process's slice of a batch -> the global, sharded batch."""
+    return sharding.global_batch(local, self.mesh)
+
+
 def train(config: Any, data: Dataset, workdir: str) -> dict[str, float]:
   """Trains to `config.total_steps`, resuming from the newest checkpoint; returns the last row."""
   logger = logging.getLogger(LOGGER)
   lead = jax.process_index() == 0
-  mesh = sharding.make_mesh()
-  repl, batch_sharding = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   total = config.total_steps
 
   model = model_from_config(config.model, config.num_classes)
   schedule = optim.make_schedule(config.lr, config.warmup_steps, total, config.decay)
   tx = optim.make_optimizer(config, schedule)
   image_shape = (config.image_size, config.image_size, config.image_channels)
-  init = jax.jit(functools.partial(step_lib.init_state, model, tx, image_shape, config.seed),
-                 out_shardings=repl)
+  init_fn = functools.partial(step_lib.init_state, model, tx, image_shape, config.seed)
+  where = Placement(config, init_fn)
+  init = jax.jit(init_fn, out_shardings=where.state)
 
   checkpoints = Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
   start = checkpoints.latest_step() or 0
@@ -89,28 +122,30 @@ def train(config: Any, data: Dataset, workdir: str) -> dict[str, float]:
     checkpoints.close()
     return {}
   if start:
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl),
-                            jax.eval_shape(init))
-    state = checkpoints.restore(abstract, start)
+    state = where.from_stored(checkpoints.restore(where.abstract_stored, start))
     logger.info("Resuming from step %d (checkpoint %s/%d)", start, checkpoints.directory, start)
   else:
     state = init()
     if config.init_from:
-      params = jax.device_put(initial_params(config, state.params), repl)
-      state = step_lib.TrainState(step=state.step, params=params, opt_state=state.opt_state)
+      stored = where.to_stored(state)
+      params = initial_params(config, stored.params)
+      stored = step_lib.TrainState(step=stored.step, params=params, opt_state=stored.opt_state)
+      state = where.from_stored(jax.device_put(stored, where.stored))
     logger.info("Starting at step 0 of %d", total)
   writer = MetricWriter(workdir, write=lead)
   writer.truncate_after(start)
 
+  state_sh, param_sh, repl = where.state, where.state.params, where.replicated
   train_step = jax.jit(
       step_lib.make_train_step(model, tx, schedule, loss=config.loss,
-                               accum_steps=config.accum_steps, seed=config.seed),
-      in_shardings=(repl, batch_sharding), out_shardings=(repl, repl), donate_argnums=0)
+                               accum_steps=config.accum_steps, seed=config.seed,
+                               grad_shardings=param_sh),
+      in_shardings=(state_sh, where.batch), out_shardings=(state_sh, repl), donate_argnums=0)
   eval_step = jax.jit(step_lib.make_eval_step(model, loss=config.loss),
-                      in_shardings=(repl, batch_sharding), out_shardings=repl)
-  feature_step = jax.jit(fewshot.make_feature_step(model), in_shardings=(repl, batch_sharding),
+                      in_shardings=(param_sh, where.batch), out_shardings=repl)
+  feature_step = jax.jit(fewshot.make_feature_step(model), in_shardings=(param_sh, where.batch),
                          out_shardings=repl)
-  place = functools.partial(sharding.global_batch, mesh=mesh)
+  place = where.place_batch
 
   batches = data.train_batches(start)
   progress = tqdm.tqdm(total=total, initial=start, disable=not lead, unit="step",
@@ -151,7 +186,8 @@ def train(config: Any, data: Dataset, workdir: str) -> dict[str, float]:
         window_start, window_steps = time.perf_counter(), 0
       if row:
         writer.row(step, row)
-      checkpoints.save(step, state, force=step == total)
+      if checkpoints.due(step, force=step == total):
+        checkpoints.save(step, where.to_stored(state), force=True)
       progress.update(1)
   finally:
     progress.close()

@@ -9,6 +9,7 @@ import optax
 
 DECAYS = ("linear", "cosine", "constant")
 OPTIMIZERS = ("adam", "sgd")
+MOMENT_DTYPES = ("float32", "bfloat16")
 
 
 def make_schedule(lr: float, warmup_steps: int, total_steps: int, decay: str) -> optax.Schedule:
@@ -39,17 +40,25 @@ def decay_mask(params: Any) -> Any:
 
 
 def make_optimizer(config: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """Global-norm clipping followed by Adam with decoupled weight decay, or SGD with momentum."""
+  """Global-norm clipping followed by Adam with decoupled weight decay, or SGD with momentum.
+
+  `config.moment_dtype` stores Adam's first moment (or SGD's momentum) in that dtype; Adam's
+  second moment stays float32, as its small values need the precision.
+  """
   if config.optimizer not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer '{config.optimizer}'; choose one of: {OPTIMIZERS}")
+  moment = config.get("moment_dtype", "float32")
+  if moment not in MOMENT_DTYPES:
+    raise ValueError(f"unknown moment_dtype '{moment}'; choose one of: {MOMENT_DTYPES}")
   chain = []
   if config.grad_clip_norm > 0:
     chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
   if config.optimizer == "adam":
     chain.append(optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2,
-                             weight_decay=config.weight_decay, mask=decay_mask))
+                             weight_decay=config.weight_decay, mask=decay_mask,
+                             mu_dtype=moment))
   else:
-    chain.append(optax.sgd(schedule, momentum=config.momentum))
+    chain.append(optax.sgd(schedule, momentum=config.momentum, accumulator_dtype=moment))
     if config.weight_decay:
       chain.insert(-1, optax.add_decayed_weights(config.weight_decay, mask=decay_mask))
   return optax.chain(*chain)

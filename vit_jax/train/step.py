@@ -47,8 +47,14 @@ def _split_micro(x: jax.Array, accum_steps: int) -> jax.Array:
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    *, loss: str, accum_steps: int, seed: int) -> Callable:
-  """Returns step(state, batch) -> (state, metrics); accumulation happens inside the step."""
+                    *, loss: str, accum_steps: int, seed: int,
+                    grad_shardings: Any = None) -> Callable:
+  """Returns step(state, batch) -> (state, metrics); accumulation happens inside the step.
+
+  The batch is split into `accum_steps` micro-batches whose gradients are summed by a
+  `lax.scan`, so memory holds one micro-batch's activations however many there are. The
+  summed gradients are kept in `grad_shardings` (the parameters' placement) when given.
+  """
 
   def loss_fn(params, images, labels, rng):
     logits = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
@@ -71,6 +77,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
         return (total_v + v, jax.tree.map(jnp.add, total_g, g)), None
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
+      if grad_shardings is not None:
+        zeros = jax.lax.with_sharding_constraint(zeros, grad_shardings)
       (value, grads), _ = jax.lax.scan(
           micro, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(accum_steps), images, labels))
       value, grads = value / accum_steps, jax.tree.map(lambda g: g / accum_steps, grads)
