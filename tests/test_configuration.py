@@ -77,3 +77,16 @@ def test_workdir_with_another_config_is_refused(tmp_path):
   with pytest.raises(ConfigError, match=rf"different config \(lr: {old_lr} -> 0.5\)"):
     configuration.check_workdir(c, str(tmp_path))
   assert json.loads((tmp_path / "config.json").read_text())["lr"] == old_lr
+
+
+def test_layout_settings_and_keys_newer_than_the_run_do_not_block_a_resume(tmp_path):
+  c = configuration.resolve_data(resolved(quickstart.get_config()), num_train=4000,
+                                 num_classes=10)
+  old = json.loads(configuration.to_json(c))
+  del old["moment_dtype"]  # a run written before the key existed
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  c.mesh.fsdp, c.model.remat, c.model.scan_layers, c.model.attention = 2, "full", True, "plain"
+  assert configuration.check_workdir(c, str(tmp_path)) is True
+  c.model.dropout = 0.3  # but what the run computes must match
+  with pytest.raises(ConfigError, match="model.dropout"):
+    configuration.check_workdir(c, str(tmp_path))

@@ -19,6 +19,14 @@ EXIT_BAD_INPUT = 2
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/b16.py or configs/b16.py:gap.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "Join a multi-process run with jax.distributed.initialize: auto = when the coordinator flags "
+    "are given or a SLURM / multi-host TPU launch is detected.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0, for launches JAX cannot detect.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..N-1.")
 
 
 def fail(message: str) -> None:
@@ -75,8 +83,13 @@ def main(argv: Sequence[str]) -> None:
 
   from vit_jax import configuration
   from vit_jax.data import pipeline
-  from vit_jax.train import loop, metrics
+  from vit_jax.train import loop, metrics, multihost
 
+  try:
+    multihost.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                         _PROCESS_ID.value)
+  except ValueError as e:
+    fail(str(e))
   try:
     config = configuration.resolve_model(config)
     configuration.validate(config, device_count=jax.device_count(),
@@ -92,10 +105,12 @@ def main(argv: Sequence[str]) -> None:
     fail(str(e))
 
   lead = jax.process_index() == 0
+  multihost.barrier("vit_jax: inputs checked")  # no process writes before all have checked
   if lead:
     os.makedirs(workdir, exist_ok=True)
     if not resuming:
       metrics.write_atomically(os.path.join(workdir, "config.json"), configuration.to_json(config))
+  multihost.barrier("vit_jax: workdir ready")
   logger = metrics.setup_logging(workdir, write=lead)
   logger.info("%s: %s, %d train / %d eval examples, %d steps of batch %d on %d devices",
               workdir, config.dataset, data.num_train, data.num_eval, config.total_steps,

@@ -112,3 +112,58 @@ def test_bfloat16_compute_keeps_float32_parameters():
   low = bf16.apply({"params": params}, x)
   assert low.dtype == jnp.float32
   np.testing.assert_allclose(low, f32.apply({"params": params}, x), atol=0.15, rtol=0.05)
+
+
+def _loss_and_grads(model, params, images):
+  def loss(p):
+    return jnp.sum(model.apply({"params": p}, images, train=True,
+                               rngs={"dropout": jax.random.key(3)}) ** 2)
+
+  return jax.value_and_grad(loss)(params)
+
+
+def _assert_same_gradients(expected, actual):
+  # float32 sums in another order: errors are measured against the gradient's overall size.
+  scale = max(float(np.abs(a).max()) for a in jax.tree.leaves(expected))
+  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(actual), strict=True):
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * scale)
+
+
+def _with_random_head(params):
+  # The head starts at zero, which would leave every other gradient zero.
+  params["head"]["kernel"] = jax.random.normal(jax.random.key(2), params["head"]["kernel"].shape)
+  return params
+
+
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
+def test_remat_changes_memory_not_gradients(policy):
+  images = jax.random.normal(jax.random.key(1), (2, 16, 24, 3))
+  plain = VisionTransformer(**TINY)
+  params = _with_random_head(plain.init(jax.random.key(0), images)["params"])
+  value, grads = _loss_and_grads(plain, params, images)
+  value_r, grads_r = _loss_and_grads(VisionTransformer(**TINY, remat=policy), params, images)
+  np.testing.assert_allclose(value_r, value, rtol=1e-6)
+  _assert_same_gradients(grads, grads_r)
+
+
+def test_scanned_layers_give_the_same_outputs_and_gradients():
+  from vit_jax.io import layers
+
+  images = jax.random.normal(jax.random.key(1), (2, 16, 24, 3))
+  kw = dict(TINY, num_layers=3, posemb="relative")
+  plain = VisionTransformer(**kw)
+  params = _with_random_head(plain.init(jax.random.key(0), images)["params"])
+  value, grads = _loss_and_grads(plain, params, images)
+  scanned = VisionTransformer(**kw, scan_layers=True, remat="full")
+  value_s, grads_s = _loss_and_grads(scanned, layers.to_scanned(params), images)
+  np.testing.assert_allclose(value_s, value, rtol=1e-6)
+  _assert_same_gradients(grads, layers.to_per_layer(grads_s))
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(remat="some"), "remat 'some' is not one of none, full, dots, dots_no_batch"),
+    (dict(scan_layers=True, posemb_mode="every_layer"), "scan_layers needs posemb_mode 'stem'"),
+])
+def test_bad_memory_options_are_clear_errors(kw, message):
+  with pytest.raises(ValueError, match=message):
+    VisionTransformer(**TINY, **kw).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))

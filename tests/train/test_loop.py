@@ -95,3 +95,55 @@ def test_finished_run_is_not_trained_again(tmp_path):
   data = dataset(config)
   loop.train(config, data, str(tmp_path))
   assert loop.train(config, data, str(tmp_path)) == {}
+
+
+def losses(workdir):
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [r["train/loss"] for r in rows]
+
+
+def test_fsdp_sharded_run_matches_the_replicated_run(tmp_path):
+  config = tiny_config(total_steps=5)
+  data = dataset(config)
+  loop.train(config, data, str(tmp_path / "replicated"))
+  sharded = tiny_config(total_steps=5)
+  sharded.mesh.update(data=2, fsdp=4, fsdp_min_size=0)
+  where = loop.Placement(sharded, lambda: loop.step_lib.TrainState(
+      step=np.zeros((), np.int32), params={"w": jax.ShapeDtypeStruct((16, 8), np.float32)},
+      opt_state=()))
+  assert where.state.params["w"].spec == jax.sharding.PartitionSpec("fsdp")
+  loop.train(sharded, data, str(tmp_path / "fsdp"))
+  np.testing.assert_allclose(losses(tmp_path / "fsdp"), losses(tmp_path / "replicated"),
+                             rtol=1e-5, atol=1e-6)
+  assert len(losses(tmp_path / "fsdp")) == 5
+  _, a = final_params(tmp_path / "replicated", config)
+  _, b = final_params(tmp_path / "fsdp", config)
+  # Adam turns float32 noise in near-zero gradients into lr-sized steps, hence the atol.
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-5)
+
+
+def test_scanned_run_saves_per_layer_checkpoints_and_matches_the_plain_run(tmp_path):
+  # SGD keeps the update proportional to the gradient, so summation-order noise stays small
+  # (Adam would blow up the noise of the near-zero gradients of the first steps).
+  config = tiny_config()
+  config.update(optimizer="sgd", lr=0.5)
+  config.model.update(num_layers=2, dropout=0.0)
+  data = dataset(config)
+  loop.train(config, data, str(tmp_path / "plain"))
+  scanned = tiny_config()
+  scanned.update(optimizer="sgd", lr=0.5)
+  scanned.model.update(num_layers=2, dropout=0.0, scan_layers=True, remat="full")
+  # Scanned to step 3, unscanned to step 4, scanned again to the end.
+  with pytest.raises(Killed):
+    loop.train(scanned, stop_after(data, 3), str(tmp_path / "mixed"))
+  step, params = final_params(tmp_path / "mixed", config)  # checks the per-layer structure
+  assert step == 3 and "encoderblock_1" in params["Transformer"]
+  with pytest.raises(Killed):
+    loop.train(config, stop_after(data, 1), str(tmp_path / "mixed"))
+  loop.train(scanned, data, str(tmp_path / "mixed"))
+  np.testing.assert_allclose(losses(tmp_path / "mixed"), losses(tmp_path / "plain"), rtol=1e-5)
+  _, a = final_params(tmp_path / "plain", config)
+  _, b = final_params(tmp_path / "mixed", config)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)

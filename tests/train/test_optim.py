@@ -65,3 +65,21 @@ def test_weight_decay_is_decoupled_and_hits_only_kernels():
 def test_unknown_decay():
   with pytest.raises(ValueError, match="cosine"):
     make_schedule(1.0, 0, 10, "step")
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_bfloat16_moments_store_only_the_first_moment_in_bfloat16(optimizer):
+  params = {"w": jnp.ones((4, 4)), "b": jnp.ones((4,))}
+  tx = make_optimizer(config(optimizer=optimizer, moment_dtype="bfloat16"), lambda _: 0.1)
+  state = tx.init(params)
+  dtypes = {str(a.dtype) for a in jax.tree.leaves(state) if a.ndim}
+  assert "bfloat16" in dtypes
+  if optimizer == "adam":  # nu, the second moment, stays float32
+    assert "float32" in dtypes
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+  assert all(u.dtype == jnp.float32 for u in jax.tree.leaves(updates))
+
+
+def test_unknown_moment_dtype():
+  with pytest.raises(ValueError, match="unknown moment_dtype 'int8'"):
+    make_optimizer(config(moment_dtype="int8"), lambda _: 0.1)

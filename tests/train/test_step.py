@@ -80,3 +80,21 @@ def test_accumulated_gradient_matches_the_mean_gradient():
   for g, p0, p1 in zip(jax.tree.leaves(direct), jax.tree.leaves(state.params),
                        jax.tree.leaves(new.params), strict=True):
     np.testing.assert_allclose(p0 - p1, g, rtol=2e-4, atol=1e-6)
+
+
+def test_update_of_4_micro_batches_equals_the_full_batch_update_to_1e_5():
+  # One SGD step with learning rate 1: the update is minus the (mean) gradient.
+  initial = jax.jit(lambda: init_state(VisionTransformer(**TINY), optax.sgd(1.0), (8, 8, 1),
+                                       seed=0))().params
+
+  def update(accum_steps):
+    state, _, _ = run(accum_steps=accum_steps, steps=1, devices=8, lr=1.0, optimizer="sgd")
+    return jax.tree.map(lambda new, old: np.asarray(new) - np.asarray(old), state.params,
+                        initial)
+
+  full, accum = update(1), update(4)
+  diff = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(full),
+                                                           jax.tree.leaves(accum), strict=True)))
+  norm = np.sqrt(sum(np.sum(a ** 2) for a in jax.tree.leaves(full)))
+  assert norm > 0.1  # a real update, not a zero one
+  assert diff / norm <= 1e-5

@@ -92,7 +92,7 @@ class Placement:
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), stored, self.stored)
     if self.scanned:
       self.to_stored = jax.jit(layers.to_per_layer, out_shardings=self.stored)
-      self.from_stored = jax.jit(layers.to_scanned, out_shardings=self.state, donate_argnums=0)
+      self.from_stored = jax.jit(layers.to_scanned, out_shardings=self.state)
     else:
       self.to_stored = self.from_stored = lambda state: state
 

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vit_jax.io import layers
+
 LOSSES = ("softmax_xent", "sigmoid_xent")
 
 
@@ -35,8 +37,17 @@ def per_example_loss(logits: jax.Array, labels: jax.Array, kind: str) -> jax.Arr
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple[int, ...],
                seed: int) -> TrainState:
-  """Initial parameters and optimizer state (call under jit to place them on the mesh)."""
-  params = model.init(jax.random.key(seed), jnp.zeros((1, *image_shape), jnp.float32))["params"]
+  """Initial parameters and optimizer state (call under jit to place them on the mesh).
+
+  A model with `scan_layers` gets the same initial weights as without, drawn per layer and
+  stacked, so the layout does not change the run.
+  """
+  scanned = getattr(model, "scan_layers", False)
+  per_layer = model.clone(scan_layers=False) if scanned else model
+  images = jnp.zeros((1, *image_shape), jnp.float32)
+  params = per_layer.init(jax.random.key(seed), images)["params"]
+  if scanned:
+    params = layers.to_scanned(params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 

@@ -1,0 +1,80 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax.models import attention
+from vit_jax.models.vit import VisionTransformer
+
+TINY = dict(num_classes=10, patch_size=4, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64)
+
+
+def reference(q, k, v):
+  logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+  w = np.exp(logits - logits.max(-1, keepdims=True))
+  return np.einsum("bhqk,bkhd->bqhd", w / w.sum(-1, keepdims=True), v)
+
+
+@pytest.mark.parametrize("implementation", ["plain", "xla", "auto"])
+def test_every_implementation_is_softmax_attention(implementation):
+  rng = np.random.default_rng(0)
+  q, k, v = (rng.normal(size=(2, 5, 3, 8)).astype(np.float32) for _ in range(3))
+  out = attention.attention_fn(implementation, jnp.float32)(q, k, v, deterministic=True)
+  np.testing.assert_allclose(out, reference(q, k, v), atol=1e-5)
+
+
+@pytest.mark.parametrize("posemb,pool", [("learn1d", "token"), ("relative", "token"),
+                                         ("sincos2d", "gap")])
+def test_fused_model_matches_plain_model_in_outputs_and_gradients(posemb, pool):
+  images = jax.random.normal(jax.random.key(1), (3, 8, 12, 1))
+  plain = VisionTransformer(**TINY, posemb=posemb, pool=pool, attention="plain")
+  fused = VisionTransformer(**TINY, posemb=posemb, pool=pool, attention="xla")
+  params = plain.init(jax.random.key(0), images)["params"]
+  # A non-zero head, so the gradients reach every layer.
+  params["head"]["kernel"] = jax.random.normal(jax.random.key(2), params["head"]["kernel"].shape)
+
+  def loss(model, p):
+    return jnp.sum(model.apply({"params": p}, images) ** 2)
+
+  np.testing.assert_allclose(fused.apply({"params": params}, images),
+                             plain.apply({"params": params}, images), atol=1e-5, rtol=1e-5)
+  g_plain, g_fused = (jax.grad(lambda p, m=m: loss(m, p))(params) for m in (plain, fused))
+  # float32 sums in another order; some gradients are zero in exact arithmetic (the key bias
+  # cancels in the softmax), so the error is measured against the whole gradient's size.
+  scale = max(float(np.abs(a).max()) for a in jax.tree.leaves(g_plain))
+  for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_fused), strict=True):
+    np.testing.assert_allclose(b, a, atol=1e-5 * scale, rtol=0)
+
+
+def test_auto_takes_cudnn_only_on_gpu_in_half_precision(monkeypatch):
+  assert attention.resolve("auto", jnp.bfloat16) == "xla"  # this is a CPU
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert attention.resolve("auto", jnp.bfloat16) == "cudnn"
+  assert attention.resolve("auto", jnp.float32) == "xla"
+  assert attention.resolve("plain", jnp.bfloat16) == "plain"
+
+
+@pytest.mark.parametrize("implementation,dropout,message", [
+    ("flash", 0.0, "attention 'flash' is not one of auto, plain, xla, cudnn"),
+    ("xla", 0.1, "attention 'xla' has no dropout on attention weights"),
+    ("plain", 0.1, None),
+    ("auto", 0.0, None),
+])
+def test_check_names_the_problem(implementation, dropout, message):
+  problem = attention.check(implementation, dropout)
+  assert problem == message or message in problem
+
+
+def test_model_refuses_an_unknown_implementation():
+  model = VisionTransformer(**TINY, attention="flash")
+  with pytest.raises(ValueError, match="attention 'flash' is not one of"):
+    model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
+def test_cudnn_matches_plain_in_bfloat16():
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 197, 12, 64)), jnp.bfloat16) for _ in range(3))
+  out = attention.attention_fn("cudnn", jnp.bfloat16)(q, k, v, deterministic=True)
+  expected = reference(*(np.asarray(a, np.float32) for a in (q, k, v)))
+  np.testing.assert_allclose(np.asarray(out, np.float32), expected, atol=2e-2)

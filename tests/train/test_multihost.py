@@ -1,0 +1,81 @@
+"""Two real processes joined by jax.distributed on 127.0.0.1, against one process."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vit_jax.train import multihost
+
+ROOT = Path(__file__).resolve().parents[2]
+# The quickstart model (4 layers, width 128), a few steps, a loss logged at every one.
+ARGS = ["--config", "configs/quickstart.py", "--config.total_steps=4", "--config.warmup_steps=1",
+        "--config.batch_size=32", "--config.log_every=1", "--config.eval_every=0",
+        "--config.checkpoint_every=2"]
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def launch(workdir, devices, *extra):
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+         "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+  return subprocess.Popen([sys.executable, "-m", "vit_jax.main", *ARGS, "--workdir",
+                           str(workdir), *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def losses(workdir):
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [r["train/loss"] for r in rows]
+
+
+@pytest.mark.slow
+def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path):
+  port = free_port()
+  procs = [launch(tmp_path / "multi", 2, f"--coordinator_address=127.0.0.1:{port}",
+                  "--num_processes=2", f"--process_id={i}") for i in range(2)]
+  single = launch(tmp_path / "single", 4)
+  outputs = [p.communicate(timeout=600)[0] for p in (*procs, single)]
+  for p, out in zip((*procs, single), outputs, strict=True):
+    assert p.returncode == 0, out[-3000:]
+  assert "on 4 devices" in outputs[0] and "on 4 devices" in outputs[2]
+  multi, one = losses(tmp_path / "multi"), losses(tmp_path / "single")
+  assert len(multi) == len(one) == 4
+  assert max(abs(a - b) for a, b in zip(multi, one, strict=True)) <= 1e-5
+  # Only process 0 writes logs; the checkpoints of both are one Orbax checkpoint.
+  assert len(list((tmp_path / "multi").glob("events.out.tfevents.*"))) == 1
+  assert sorted(p.name for p in (tmp_path / "multi" / "checkpoints").iterdir()
+                if p.name.isdigit()) == ["2", "4"]
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({}, False), ({"SLURM_NTASKS": "1"}, False), ({"SLURM_NTASKS": "16"}, True),
+    ({"TPU_WORKER_HOSTNAMES": "t1"}, False), ({"TPU_WORKER_HOSTNAMES": "t1,t2,t3,t4"}, True),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, True),
+])
+def test_cluster_launches_are_detected_from_the_environment(env, expected):
+  assert multihost.launched_as_cluster(env) is expected
+
+
+def test_single_process_does_not_join(monkeypatch):
+  monkeypatch.setattr("jax.distributed.initialize", lambda **kw: pytest.fail("joined"))
+  assert multihost.initialize("auto", env={}) is False
+  assert multihost.initialize("off", env={"SLURM_NTASKS": "8"}) is False
+
+
+@pytest.mark.parametrize("args,message", [
+    (("auto", "127.0.0.1:1", None, 0), "give all of --coordinator_address, --num_processes"),
+    (("auto", "127.0.0.1:1", 2, 2), "--process_id=2 is not in 0..1"),
+    (("sometimes",), "--distributed=sometimes is not one of auto, on, off"),
+])
+def test_inconsistent_launch_flags_are_refused(args, message):
+  with pytest.raises(ValueError, match=message):
+    multihost.initialize(*args, env={})

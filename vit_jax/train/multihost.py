@@ -1,0 +1,58 @@
+"""Joining a multi-process run: `jax.distributed.initialize` and barriers between processes.
+
+Every process runs the same command. On a TPU pod slice and under SLURM (`srun`) JAX finds the
+coordinator, the process count and this process's index by itself; elsewhere they are given
+explicitly (`--coordinator_address=host:port --num_processes=N --process_id=i`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import jax
+
+MODES = ("auto", "on", "off")
+
+
+def launched_as_cluster(env: Mapping[str, str]) -> bool:
+  """Whether the environment shows a multi-process launch JAX can detect by itself."""
+  if int(env.get("SLURM_NTASKS", env.get("SLURM_STEP_NUM_TASKS", "1")) or 1) > 1:
+    return True
+  if "," in env.get("TPU_WORKER_HOSTNAMES", ""):  # a TPU slice spanning several hosts
+    return True
+  return bool(env.get("JAX_COORDINATOR_ADDRESS"))
+
+
+def initialize(mode: str = "auto", coordinator_address: str | None = None,
+               num_processes: int | None = None, process_id: int | None = None,
+               env: Mapping[str, str] | None = None) -> bool:
+  """Calls `jax.distributed.initialize` when asked or when a cluster launch is detected.
+
+  `mode`: `on` always joins (explicit arguments, else JAX's auto-detection), `off` never does,
+  `auto` joins when coordinator arguments are given or `launched_as_cluster`. Returns whether
+  it joined. Raises ValueError for inconsistent arguments.
+  """
+  if mode not in MODES:
+    raise ValueError(f"--distributed={mode} is not one of {', '.join(MODES)}")
+  explicit = [coordinator_address, num_processes, process_id]
+  if any(v is not None for v in explicit) and any(v is None for v in explicit):
+    raise ValueError("give all of --coordinator_address, --num_processes and --process_id, or "
+                     "none of them (to let JAX detect a TPU pod or SLURM job)")
+  if num_processes is not None and not 0 <= process_id < num_processes:
+    raise ValueError(f"--process_id={process_id} is not in 0..{num_processes - 1}")
+  env = os.environ if env is None else env
+  if mode == "off" or (mode == "auto" and coordinator_address is None
+                       and not launched_as_cluster(env)):
+    return False
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)
+  return True
+
+
+def barrier(name: str) -> None:
+  """Waits until every process has reached the barrier called `name` (no-op for one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
