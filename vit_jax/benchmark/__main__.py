@@ -1,0 +1,116 @@
+"""`python -m vit_jax.benchmark --model ViT-B/16 --batch 64 --mode train [--dtype bfloat16 ...]`.
+
+Prints a table (and writes JSON with --json) of images/s, achieved TFLOP/s, MFU, peak memory and
+compile time; with torch and timm installed, also timm's same-size ViT and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+import jax
+
+from vit_jax.benchmark import hardware, measure, timm_side
+
+
+def _sig(x: float, digits: int = 4) -> float:
+  return float(f"{x:.{digits}g}")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog="python -m vit_jax.benchmark", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", default="ViT-B/16", help="a preset name, e.g. ViT-Ti/16")
+  p.add_argument("--mode", default="train", choices=["train", "infer"])
+  p.add_argument("--batch", type=int, default=8, help="global batch over all devices")
+  p.add_argument("--image_size", type=int, default=224)
+  p.add_argument("--num_classes", type=int, default=1000)
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  p.add_argument("--attention", default="auto", help="auto | plain | xla | cudnn")
+  p.add_argument("--remat", default="none", help="none | full | dots | dots_no_batch")
+  p.add_argument("--scan_layers", action="store_true")
+  p.add_argument("--accum_steps", type=int, default=1)
+  p.add_argument("--fsdp", type=int, default=1, help="devices along the fsdp mesh axis")
+  p.add_argument("--moment_dtype", default="float32", choices=["float32", "bfloat16"])
+  p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
+  p.add_argument("--steps", type=int, default=10, help="timed steps")
+  p.add_argument("--peak_tflops", type=float, default=None,
+                 help="peak TFLOP/s per device for MFU (default: from a table of known devices)")
+  p.add_argument("--timm", default="auto", choices=["auto", "on", "off"],
+                 help="time timm's same-size ViT too (auto: when torch and timm import)")
+  p.add_argument("--compile_only", action="store_true",
+                 help="report compile time and XLA's memory plan without running")
+  p.add_argument("--json", default=None, help="also write the results to this file")
+  return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+  """Measures the setup the arguments describe; returns the result record."""
+  setup = measure.Setup(model=args.model, mode=args.mode, batch=args.batch,
+                        image_size=args.image_size, num_classes=args.num_classes,
+                        dtype=args.dtype, attention=args.attention, remat=args.remat,
+                        scan_layers=args.scan_layers, accum_steps=args.accum_steps,
+                        fsdp=args.fsdp, moment_dtype=args.moment_dtype)
+  devices = jax.devices()
+  kind = devices[0].device_kind
+  compiled, step_args, compile_s = measure.compile_step(setup)
+  result = {**vars(setup), "devices": len(devices), "device_kind": kind,
+            "compile_s": round(compile_s, 2),
+            "planned_memory_bytes": measure.compiled_memory_bytes(compiled)}
+  if args.compile_only:
+    return result
+  times = measure.time_steps(setup, compiled, step_args, warmup=args.warmup, steps=args.steps)
+  step_s = statistics.median(times)
+  per_image = measure.model_flops_per_image(setup)
+  tflops = per_image * setup.batch / step_s / 1e12
+  peak = args.peak_tflops or hardware.peak_tflops(kind, setup.dtype)
+  result.update({
+      "step_ms": _sig(step_s * 1e3), "img_per_sec": _sig(setup.batch / step_s),
+      "model_gflops_per_image": _sig(per_image / 1e9), "tflops_per_sec": _sig(tflops),
+      "peak_tflops_per_device": peak,
+      "mfu": _sig(tflops / (peak * len(devices))) if peak else None,
+      "peak_memory_bytes": measure.peak_device_memory(),
+  })
+  if args.timm != "off":
+    reason = timm_side.unavailable_reason(setup.model)
+    if reason and args.timm == "on":
+      raise SystemExit(f"error: --timm=on but {reason}")
+    if reason:
+      result["timm"] = reason
+    else:
+      theirs = timm_side.time_timm(setup.model, mode=setup.mode, batch=setup.batch,
+                                   image_size=setup.image_size, num_classes=setup.num_classes,
+                                   dtype=setup.dtype, warmup=args.warmup, steps=args.steps)
+      timm_s = statistics.median(theirs["times"])
+      result.update({"timm_img_per_sec": _sig(setup.batch / timm_s),
+                     "timm_step_ms": _sig(timm_s * 1e3),
+                     "timm_version": theirs["version"], "torch_version": theirs["torch"],
+                     "torch_threads": theirs["threads"],
+                     "ratio_vs_timm": _sig(timm_s / step_s, 3)})
+  return result
+
+
+def table(result: dict) -> str:
+  """The result as a two-column markdown table."""
+  lines = ["| quantity | value |", "|---|---|"]
+  lines += [f"| {k} | {v} |" for k, v in result.items()]
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+  args = parse(sys.argv[1:] if argv is None else argv)
+  try:
+    result = run(args)
+  except ValueError as e:
+    raise SystemExit(f"error: {str(e).splitlines()[0]}") from None
+  print(table(result))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()

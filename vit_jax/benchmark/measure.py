@@ -1,0 +1,127 @@
+"""Timing one jitted ViT train or inference step over all local devices."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vit_jax.models import flops
+from vit_jax.models.presets import PRESETS
+from vit_jax.models.vit import VisionTransformer
+from vit_jax.train import optim, sharding
+from vit_jax.train import step as step_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What is measured."""
+
+  model: str = "ViT-B/16"
+  mode: str = "train"  # train | infer
+  batch: int = 8  # global batch
+  image_size: int = 224
+  num_classes: int = 1000
+  dtype: str = "float32"  # compute dtype; parameters stay float32
+  attention: str = "auto"
+  remat: str = "none"
+  scan_layers: bool = False
+  accum_steps: int = 1
+  fsdp: int = 1
+  moment_dtype: str = "float32"
+
+
+def build_model(setup: Setup) -> VisionTransformer:
+  """The preset ViT at the setup's dtype and memory options."""
+  if setup.model not in PRESETS:
+    raise ValueError(f"unknown model '{setup.model}'; choose one of {', '.join(PRESETS)}")
+  arch = PRESETS[setup.model]
+  return VisionTransformer(num_classes=setup.num_classes, patch_size=arch.patch_size,
+                           hidden_size=arch.hidden_size, num_layers=arch.num_layers,
+                           num_heads=arch.num_heads, mlp_dim=arch.mlp_dim,
+                           attention=setup.attention, remat=setup.remat,
+                           scan_layers=setup.scan_layers, dtype=jnp.dtype(setup.dtype))
+
+
+def model_flops_per_image(setup: Setup) -> int:
+  """Matmul FLOPs per image of the measured step (vit_jax.models.flops)."""
+  arch = PRESETS[setup.model]
+  shape = dict(image_size=(setup.image_size, setup.image_size), patch_size=arch.patch_size,
+               channels=3, hidden_size=arch.hidden_size, num_layers=arch.num_layers,
+               mlp_dim=arch.mlp_dim, num_classes=setup.num_classes)
+  return flops.train_flops(**shape) if setup.mode == "train" else flops.forward_flops(**shape)
+
+
+def _optimizer_config(setup: Setup) -> ml_collections.ConfigDict:
+  # The pretraining recipe's optimizer: clipping, then Adam with decoupled weight decay.
+  return ml_collections.ConfigDict(dict(
+      optimizer="adam", grad_clip_norm=1.0, adam_b1=0.9, adam_b2=0.999, weight_decay=0.03,
+      momentum=0.9, moment_dtype=setup.moment_dtype))
+
+
+def compile_step(setup: Setup) -> tuple[Any, tuple[Any, ...], float]:
+  """(compiled step, its arguments placed on the devices, compile seconds)."""
+  model = build_model(setup)
+  mesh = sharding.make_mesh(-1, setup.fsdp)
+  batch_sh = sharding.batch_sharded(mesh)
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(setup.batch, setup.image_size, setup.image_size, 3))
+  images = jax.device_put(images.astype(np.float32), batch_sh)
+  labels = jax.device_put(rng.integers(0, setup.num_classes, setup.batch).astype(np.int32),
+                          batch_sh)
+  schedule = optim.make_schedule(1e-3, 0, 1000, "constant")
+  tx = optim.make_optimizer(_optimizer_config(setup), schedule)
+  init_fn = lambda: step_lib.init_state(model, tx, (setup.image_size,) * 2 + (3,), 0)  # noqa: E731
+  state_sh = sharding.state_shardings(jax.eval_shape(init_fn), mesh)
+  state = jax.jit(init_fn, out_shardings=state_sh)()
+  if setup.mode == "train":
+    fn = jax.jit(step_lib.make_train_step(model, tx, schedule, loss="softmax_xent",
+                                          accum_steps=setup.accum_steps, seed=0,
+                                          grad_shardings=state_sh.params),
+                 in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
+                 donate_argnums=0)
+    args = (state, {"image": images, "label": labels})
+  elif setup.mode == "infer":
+    fn = jax.jit(lambda params, x: model.apply({"params": params}, x),
+                 in_shardings=(state_sh.params, batch_sh))
+    args = (state.params, images)
+  else:
+    raise ValueError(f"unknown mode '{setup.mode}'; choose train or infer")
+  start = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  return compiled, args, time.perf_counter() - start
+
+
+def compiled_memory_bytes(compiled: Any) -> int | None:
+  """XLA's plan for one device: arguments + outputs + temporaries, less donated aliases."""
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return None
+  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
+             + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+
+
+def time_steps(setup: Setup, compiled: Any, args: tuple[Any, ...], *, warmup: int,
+               steps: int) -> list[float]:
+  """Seconds of each of `steps` timed calls, after `warmup` untimed ones."""
+  times = []
+  for i in range(warmup + steps):
+    start = time.perf_counter()
+    out = compiled(*args)
+    jax.block_until_ready(out)
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
+    if setup.mode == "train":  # the state was donated: continue from the new one
+      args = (out[0], args[1])
+  return times
+
+
+def peak_device_memory() -> int | None:
+  """The allocator's peak on device 0 (GPU/TPU), or None where it keeps no statistics."""
+  stats = jax.local_devices()[0].memory_stats()
+  return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
