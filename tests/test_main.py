@@ -35,8 +35,9 @@ def rows(workdir: Path) -> list[dict]:
 @pytest.mark.slow
 def test_train_writes_every_output_and_a_second_run_resumes(tmp_path):
   workdir = tmp_path / "run"
+  # Scanned layers: the checkpoint holds per-layer names, which the few-shot command converts.
   shots = ["--config.fewshot.shots=(1, 2)", "--config.fewshot.draws=2",
-           "--config.fewshot.pool=200"]
+           "--config.fewshot.pool=200", "--config.model.scan_layers=True"]
   first = cli("--workdir", str(workdir), *TINY, *shots)
   assert first.returncode == 0, first.stderr
   config = json.loads((workdir / "config.json").read_text())
@@ -183,7 +184,7 @@ def test_init_from_a_run_at_another_resolution(tmp_path):
   assert cli("--workdir", str(source), *TINY, "--config.total_steps=3").returncode == 0
   result = cli("--workdir", str(tmp_path / "finetune"), *TINY, "--config.total_steps=2",
                "--config.image_size=56", f"--config.init_from={source}",
-               "--config.posemb_resample=bicubic")
+               "--config.posemb_resample=bicubic", "--config.model.scan_layers=True")
   assert result.returncode == 0, result.stderr
   assert f"Initialised from {source} (patch grid 4x4 -> 8x8)" in result.stderr
   assert "eval/accuracy" in rows(tmp_path / "finetune")[-1]

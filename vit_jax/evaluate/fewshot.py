@@ -125,6 +125,10 @@ def main(argv: Sequence[str]) -> None:
     raise SystemExit(f"error: {workdir} has no checkpoint yet; train it first")
   params = checkpoints.restore(None, step)["params"]
   checkpoints.close()
+  if config.model.get("scan_layers", False):  # checkpoints hold per-layer parameters
+    from vit_jax.io import layers
+
+    params = layers.to_scanned(params)
   mesh = sharding.make_mesh()
   model = loop.model_from_config(config.model, config.num_classes)
   repl = sharding.replicated(mesh)
