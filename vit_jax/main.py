@@ -1,7 +1,8 @@
 """Command line: `python -m vit_jax.main --config configs/X.py --workdir DIR [--config.k=v ...]`.
 
 Multi-process launches add `--coordinator_address/--num_processes/--process_id` or are detected
-(docs/multihost.md). The only module that reads flags. Exit status: 0 finished, 2 bad input (nothing written).
+(docs/multihost.md). The only module that reads flags. Exit status: 0 finished, 2 bad input
+(nothing written).
 """
 
 from __future__ import annotations

@@ -1,0 +1,91 @@
+"""The original ViT `.npz` parameter format: one array per '/'-joined parameter path.
+
+Keys are the per-layer names (`Transformer/encoderblock_{i}/...`, see docs/design.md), also for a
+model trained with `scan_layers`. Files are read with `allow_pickle=False`, always.
+
+Export a run's newest checkpoint: `python -m vit_jax.io.npz --workdir RUN --out params.npz`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from vit_jax.io import layers
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+  """Nested parameters -> {'a/b/c': array}."""
+  flat = {}
+  for key, value in params.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      flat.update(flatten(value, f"{path}/"))
+    else:
+      flat[path] = np.asarray(jax.device_get(value))
+  return flat
+
+
+def unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  """{'a/b/c': array} -> nested parameters."""
+  tree: dict[str, Any] = {}
+  for path, value in flat.items():
+    node = tree
+    *parents, leaf = path.split("/")
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return tree
+
+
+def save(path: str, params: Mapping[str, Any]) -> None:
+  """Writes `params` (per-layer or scanned) to `path` in the original format, atomically."""
+  flat = flatten(layers.to_per_layer(dict(params)))
+  tmp = f"{path}.tmp.npz"
+  np.savez(tmp, **flat)
+  os.replace(tmp, path)
+
+
+def load(path: str) -> dict[str, Any]:
+  """Reads an original-format file into nested per-layer parameters (no pickled objects)."""
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      return unflatten({key: data[key] for key in data.files})
+  except ValueError as e:  # an object array needs pickle
+    raise ValueError(f"{path} holds pickled objects, which are never loaded ({e})") from None
+
+
+def main(argv: Sequence[str]) -> None:
+  """Exports the parameters of a run's checkpoint."""
+  from absl import flags
+  from absl import logging as absl_logging
+
+  from vit_jax.train.checkpoint import Checkpointer
+
+  del argv
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  workdir, out = flags.FLAGS.workdir, flags.FLAGS.out
+  checkpoints = Checkpointer(workdir, 1, 1000)
+  step = flags.FLAGS.step or checkpoints.latest_step()
+  if step is None:
+    raise SystemExit(f"error: {workdir} has no checkpoint; give a training run's workdir")
+  if os.path.exists(out) and not flags.FLAGS.overwrite:
+    raise SystemExit(f"error: {out} exists; choose another --out or pass --overwrite")
+  params = checkpoints.restore(None, step)["params"]
+  checkpoints.close()
+  save(out, params)
+  print(f"wrote {len(flatten(params))} arrays of step {step} to {out}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+
+  flags.DEFINE_string("workdir", None, "A training run's directory.", required=True)
+  flags.DEFINE_string("out", None, "The .npz file to write.", required=True)
+  flags.DEFINE_integer("step", 0, "Checkpoint step (default: the newest).")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --out file.")
+  app.run(main)
