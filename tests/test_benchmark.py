@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -23,17 +24,39 @@ def test_benchmark_reports_consistent_figures(tmp_path, capsys, mode):
   assert result["planned_memory_bytes"] > 0
 
 
-def test_accumulation_is_measured_in_the_train_step(tmp_path):
-  out = tmp_path / "r.json"
-  bench.main([*SMALL, "--batch", "32", "--accum_steps", "4", "--compile_only", "--json",
-              str(out)])
-  result = json.loads(out.read_text())
-  assert result["accum_steps"] == 4 and "img_per_sec" not in result
+def test_accumulation_plans_memory_for_one_micro_batch(tmp_path):
+  planned = {}
+  for accum in (1, 8):
+    out = tmp_path / f"r{accum}.json"
+    bench.main([*SMALL, "--image_size", "64", "--batch", "512", "--accum_steps", str(accum),
+                "--compile_only", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert "img_per_sec" not in result  # compiled, not run
+    planned[accum] = result["planned_memory_bytes"]
+  assert planned[8] < 0.5 * planned[1]
 
 
-def test_bad_model_is_a_one_line_error():
-  with pytest.raises(SystemExit, match="error: unknown model 'ViT-Z/3'"):
-    bench.main([*SMALL, "--model", "ViT-Z/3"])
+@pytest.mark.parametrize("args,message", [
+    (["--model", "ViT-Z/3"], "error: unknown model 'ViT-Z/3'"),
+    (["--batch", "7"], "--batch 7 must be a multiple of --accum_steps x devices = 1 x 8"),
+    (["--batch", "16", "--accum_steps", "3"], "must be a multiple of --accum_steps x devices"),
+    (["--batch", "0"], "--batch must be positive, got 0"),
+    (["--num_classes", "0"], "--num_classes must be positive, got 0"),
+    (["--fsdp", "3"], "--fsdp 3 does not divide the 8 devices"),
+    (["--image_size", "30"], "--image_size 30 is not a multiple of the patch size 16"),
+    (["--attention", "foo"], "--attention 'foo' is not one of"),
+    (["--attention", "cudnn"], "--attention 'cudnn' needs a GPU"),
+    (["--remat", "most"], "--remat 'most' is not one of"),
+])
+def test_bad_settings_are_one_line_errors(args, message):
+  with pytest.raises(SystemExit, match=re.escape(message)):
+    bench.main([*SMALL, *args])
+
+
+def test_zero_timed_steps_is_refused_by_the_parser(capsys):
+  with pytest.raises(SystemExit):
+    bench.main([*SMALL, "--steps", "0"])
+  assert "must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_known_peaks_and_unknown_devices():

@@ -87,6 +87,9 @@ def test_layout_settings_and_keys_newer_than_the_run_do_not_block_a_resume(tmp_p
   (tmp_path / "config.json").write_text(json.dumps(old))
   c.mesh.fsdp, c.model.remat, c.model.scan_layers, c.model.attention = 2, "full", True, "plain"
   assert configuration.check_workdir(c, str(tmp_path)) is True
-  c.model.dropout = 0.3  # but what the run computes must match
-  with pytest.raises(ConfigError, match="model.dropout"):
-    configuration.check_workdir(c, str(tmp_path))
+  for key, value in (("model.dropout", 0.3), ("model.attention_dropout", 0.1),
+                     ("moment_dtype", "bfloat16")):  # what the run computes must match
+    changed = c.copy_and_resolve_references()
+    changed.update_from_flattened_dict({key: value})
+    with pytest.raises(ConfigError, match=key):
+      configuration.check_workdir(changed, str(tmp_path))

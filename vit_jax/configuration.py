@@ -70,8 +70,11 @@ def _choice(problems: list[str], key: str, value: Any, choices: tuple[str, ...])
 
 
 def validate(config: ml_collections.ConfigDict, *, device_count: int,
-             process_count: int = 1) -> None:
-  """Raises ConfigError naming every problem found (resolve the model first)."""
+             process_count: int = 1, backend: str = "cpu") -> None:
+  """Raises ConfigError naming every problem found (resolve the model first).
+
+  `backend` is JAX's default backend (cpu, gpu, tpu), for options only some backends offer.
+  """
   problems = []
   m = config.model
   positive = ["image_size", "batch_size", "accum_steps", "lr", "num_epochs", "log_every",
@@ -116,7 +119,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int,
     problems.append(str(e))
   if config.mesh.fsdp_min_size < 0:
     problems.append(f"mesh.fsdp_min_size must be at least 0, got {config.mesh.fsdp_min_size}")
-  for problem in (attention.check(m.attention, m.attention_dropout),
+  for problem in (attention.check(m.attention, m.attention_dropout, backend=backend,
+                                  dtype=m.dtype, relative=m.posemb == "relative"),
                   check_memory_options(m.remat, m.scan_layers, m.posemb_mode)):
     if problem:
       problems.append(f"model.{problem}")
@@ -161,15 +165,22 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 # Settings that change how a run is laid out on the devices, not what it computes: a run may be
-# resumed with other values (e.g. on another number of devices).
+# resumed with other values (e.g. on another number of devices). A trailing dot is a section.
 LAYOUT_KEYS = ("mesh.", "model.attention", "model.remat", "model.scan_layers")
+# Keys added after runs were already written, with the value those runs used.
+ADDED_KEYS: dict[str, Any] = {"moment_dtype": "float32"}
+
+
+def _is_layout(key: str) -> bool:
+  return any(key.startswith(k) if k.endswith(".") else key == k for k in LAYOUT_KEYS)
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> bool:
   """Returns whether `workdir` holds an earlier run of this config; raises if it holds another.
 
-  Layout settings (`LAYOUT_KEYS`) are not compared, nor keys the earlier run's config.json lacks
-  (written before they existed, so the run used their defaults).
+  Layout settings (`LAYOUT_KEYS`) are not compared. A key in `ADDED_KEYS` that the earlier
+  run's config.json lacks (written before the key existed) is compared with the value that run
+  used.
   """
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ConfigError(f"workdir {workdir} exists and is not a directory; choose another --workdir")
@@ -185,8 +196,9 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> bool:
   except (OSError, ValueError) as e:
     raise ConfigError(f"cannot read {path} ({e}); choose another --workdir") from None
   new = _flatten(json.loads(config.to_json()))
-  keys = sorted(k for k in set(old) | set(new)
-                if k in old and not any(k.startswith(p) for p in LAYOUT_KEYS))
+  for key, value in ADDED_KEYS.items():
+    old.setdefault(key, value)
+  keys = sorted(k for k in set(old) | set(new) if not _is_layout(k))
   diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
   if diff:
     shown = ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")

@@ -92,22 +92,26 @@ def main(argv: Sequence[str]) -> None:
                          _PROCESS_ID.value)
   except ValueError as e:
     fail(str(e))
+  problem = None
   try:
     config = configuration.resolve_model(config)
     configuration.validate(config, device_count=jax.device_count(),
-                           process_count=jax.process_count())
+                           process_count=jax.process_count(), backend=jax.default_backend())
     feed = pipeline.Feed.from_config(config, jax.process_index(), jax.process_count())
     data = pipeline.load(config, feed)
     config = configuration.resolve_data(config, num_train=data.num_train,
                                         num_classes=data.num_classes, splits=data.splits)
     configuration.validate(config, device_count=jax.device_count(),
-                           process_count=jax.process_count())
+                           process_count=jax.process_count(), backend=jax.default_backend())
     resuming = configuration.check_workdir(config, workdir)
   except (configuration.ConfigError, pipeline.DatasetError) as e:
-    fail(str(e))
+    problem = str(e)
+  # Every process learns whether any failed its checks, so all stop together (none waits at a
+  # barrier for a process that has exited) and none writes.
+  if multihost.any_process(problem is not None):
+    fail(problem or "another process of this run failed its checks; see its error line")
 
   lead = jax.process_index() == 0
-  multihost.barrier("vit_jax: inputs checked")  # no process writes before all have checked
   if lead:
     os.makedirs(workdir, exist_ok=True)
     if not resuming:

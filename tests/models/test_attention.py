@@ -65,6 +65,22 @@ def test_check_names_the_problem(implementation, dropout, message):
   assert problem == message or message in problem
 
 
+@pytest.mark.parametrize("kw,message", [
+    (dict(backend="cpu", dtype="bfloat16"), "attention 'cudnn' needs a GPU (this backend is cpu)"),
+    (dict(backend="gpu", dtype="float32"), "needs dtype bfloat16 or float16, got float32"),
+    (dict(backend="gpu", dtype="bfloat16", relative=True), "does not take the relative position"),
+    (dict(backend="gpu", dtype="bfloat16"), None),
+])
+def test_cudnn_is_checked_against_backend_dtype_and_bias(kw, message):
+  problem = attention.check("cudnn", 0.0, **kw)
+  assert problem == message or message in problem
+
+
+def test_auto_keeps_a_relative_bias_on_xla(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert attention.resolve("auto", jnp.bfloat16, has_bias=True) == "xla"
+
+
 def test_model_refuses_an_unknown_implementation():
   model = VisionTransformer(**TINY, attention="flash")
   with pytest.raises(ValueError, match="attention 'flash' is not one of"):

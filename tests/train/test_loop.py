@@ -8,7 +8,7 @@ import pytest
 from configs import quickstart
 from vit_jax import configuration
 from vit_jax.data.pipeline import ArraySource, Feed
-from vit_jax.train import loop
+from vit_jax.train import loop, sharding
 from vit_jax.train.checkpoint import Checkpointer
 
 
@@ -108,10 +108,13 @@ def test_fsdp_sharded_run_matches_the_replicated_run(tmp_path):
   loop.train(config, data, str(tmp_path / "replicated"))
   sharded = tiny_config(total_steps=5)
   sharded.mesh.update(data=2, fsdp=4, fsdp_min_size=0)
-  where = loop.Placement(sharded, lambda: loop.step_lib.TrainState(
-      step=np.zeros((), np.int32), params={"w": jax.ShapeDtypeStruct((16, 8), np.float32)},
-      opt_state=()))
-  assert where.state.params["w"].spec == jax.sharding.PartitionSpec("fsdp")
+  # The state of this run: every kernel and Adam moment split 4 ways, biases whole.
+  where = loop.Placement(sharded, loop.components(sharded)[3])
+  specs = {sharding.path_str(p): s.spec for p, s in
+           jax.tree_util.tree_flatten_with_path(where.state)[0]}
+  kernels = [k for k in specs if k.endswith("kernel")]
+  assert len(kernels) > 10 and all("fsdp" in specs[k] for k in kernels)
+  assert all(specs[k] == jax.sharding.PartitionSpec() for k in specs if k.endswith("bias"))
   loop.train(sharded, data, str(tmp_path / "fsdp"))
   np.testing.assert_allclose(losses(tmp_path / "fsdp"), losses(tmp_path / "replicated"),
                              rtol=1e-5, atol=1e-6)

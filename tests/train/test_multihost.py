@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 from vit_jax.train import multihost
@@ -57,9 +59,9 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path):
 
 
 @pytest.mark.parametrize("env,expected", [
-    ({}, False), ({"SLURM_NTASKS": "1"}, False), ({"SLURM_NTASKS": "16"}, True),
+    ({}, False), ({"SLURM_STEP_NUM_TASKS": "1"}, False), ({"SLURM_STEP_NUM_TASKS": "16"}, True),
+    ({"SLURM_NTASKS": "16"}, False),  # inside the batch script, not an srun step
     ({"TPU_WORKER_HOSTNAMES": "t1"}, False), ({"TPU_WORKER_HOSTNAMES": "t1,t2,t3,t4"}, True),
-    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, True),
 ])
 def test_cluster_launches_are_detected_from_the_environment(env, expected):
   assert multihost.launched_as_cluster(env) is expected
@@ -68,7 +70,7 @@ def test_cluster_launches_are_detected_from_the_environment(env, expected):
 def test_single_process_does_not_join(monkeypatch):
   monkeypatch.setattr("jax.distributed.initialize", lambda **kw: pytest.fail("joined"))
   assert multihost.initialize("auto", env={}) is False
-  assert multihost.initialize("off", env={"SLURM_NTASKS": "8"}) is False
+  assert multihost.initialize("off", env={"SLURM_STEP_NUM_TASKS": "8"}) is False
 
 
 @pytest.mark.parametrize("args,message", [
@@ -79,3 +81,22 @@ def test_single_process_does_not_join(monkeypatch):
 def test_inconsistent_launch_flags_are_refused(args, message):
   with pytest.raises(ValueError, match=message):
     multihost.initialize(*args, env={})
+
+
+@pytest.mark.slow
+def test_a_process_that_fails_its_checks_stops_the_others(tmp_path):
+  port = free_port()
+  flags = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+  procs = [launch(tmp_path / "run", 2, *flags, "--process_id=0"),
+           launch(tmp_path / "run", 2, *flags, "--process_id=1", "--config.image_size=30")]
+  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [2, 2]
+  assert "error: another process of this run failed its checks" in outputs[0]
+  assert "error: image_size 30 is not divisible" in outputs[1]
+  assert not (tmp_path / "run").exists()
+
+
+def test_host_copy_of_local_arrays():
+  tree = {"a": jax.numpy.arange(4.0), "b": np.ones(2)}
+  copied = multihost.host_copy(tree)
+  assert isinstance(copied["a"], np.ndarray) and copied["a"].tolist() == [0, 1, 2, 3]

@@ -20,6 +20,16 @@ def _sig(x: float, digits: int = 4) -> float:
   return float(f"{x:.{digits}g}")
 
 
+def _at_least(low: int):
+  def parse_int(text: str) -> int:
+    value = int(text)
+    if value < low:
+      raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    return value
+
+  return parse_int
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
   p = argparse.ArgumentParser(prog="python -m vit_jax.benchmark", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,8 +45,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--accum_steps", type=int, default=1)
   p.add_argument("--fsdp", type=int, default=1, help="devices along the fsdp mesh axis")
   p.add_argument("--moment_dtype", default="float32", choices=["float32", "bfloat16"])
-  p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
-  p.add_argument("--steps", type=int, default=10, help="timed steps")
+  p.add_argument("--warmup", type=_at_least(0), default=3,
+                 help="untimed steps after compilation")
+  p.add_argument("--steps", type=_at_least(1), default=10, help="timed steps")
   p.add_argument("--peak_tflops", type=float, default=None,
                  help="peak TFLOP/s per device for MFU (default: from a table of known devices)")
   p.add_argument("--timm", default="auto", choices=["auto", "on", "off"],
@@ -55,6 +66,9 @@ def run(args: argparse.Namespace) -> dict:
                         scan_layers=args.scan_layers, accum_steps=args.accum_steps,
                         fsdp=args.fsdp, moment_dtype=args.moment_dtype)
   devices = jax.devices()
+  problem = measure.check(setup, len(devices))
+  if problem:
+    raise ValueError(problem)
   kind = devices[0].device_kind
   compiled, step_args, compile_s = measure.compile_step(setup)
   result = {**vars(setup), "devices": len(devices), "device_kind": kind,

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vit_jax.models import flops
+from vit_jax.models import attention, flops
 from vit_jax.models.presets import PRESETS
-from vit_jax.models.vit import VisionTransformer
+from vit_jax.models.vit import VisionTransformer, check_memory_options
 from vit_jax.train import optim, sharding
 from vit_jax.train import step as step_lib
 
@@ -34,6 +34,31 @@ class Setup:
   accum_steps: int = 1
   fsdp: int = 1
   moment_dtype: str = "float32"
+
+
+def check(setup: Setup, device_count: int) -> str | None:
+  """Why this setup cannot be measured, naming the command-line flag (None when it can)."""
+  if setup.model not in PRESETS:
+    return f"unknown model '{setup.model}'; choose one of {', '.join(PRESETS)}"
+  if setup.mode not in ("train", "infer"):
+    return f"unknown mode '{setup.mode}'; choose train or infer"
+  for flag, value in (("--batch", setup.batch), ("--accum_steps", setup.accum_steps),
+                      ("--num_classes", setup.num_classes), ("--image_size", setup.image_size),
+                      ("--fsdp", setup.fsdp)):
+    if value <= 0:
+      return f"{flag} must be positive, got {value}"
+  patch = PRESETS[setup.model].patch_size
+  if setup.image_size % patch:
+    return f"--image_size {setup.image_size} is not a multiple of the patch size {patch}"
+  if setup.batch % setup.accum_steps or (setup.batch // setup.accum_steps) % device_count:
+    return (f"--batch {setup.batch} must be a multiple of --accum_steps x devices = "
+            f"{setup.accum_steps} x {device_count}")
+  if device_count % setup.fsdp:
+    return f"--fsdp {setup.fsdp} does not divide the {device_count} devices"
+  problem = attention.check(setup.attention, 0.0, backend=jax.default_backend(),
+                            dtype=setup.dtype) or check_memory_options(
+                                setup.remat, setup.scan_layers, "stem")
+  return f"--{problem}" if problem else None
 
 
 def build_model(setup: Setup) -> VisionTransformer:

@@ -27,9 +27,8 @@ def _has_layers(node: Any) -> bool:
   return isinstance(node, Mapping) and any(_LAYER.match(str(k)) for k in node)
 
 
-def _unstack(node: Mapping) -> dict:
+def _unstack(node: Mapping, count: int) -> dict:
   stacked = node[SCANNED]
-  count = jax.tree.leaves(stacked)[0].shape[0]
   out = {k: v for k, v in node.items() if k != SCANNED}
   for i in range(count):
     out[f"{SCANNED}_{i}"] = jax.tree.map(lambda a, i=i: a[i], stacked)
@@ -47,8 +46,17 @@ def _stack(node: Mapping) -> dict:
 
 
 def to_per_layer(tree: Any) -> Any:
-  """Every scanned `encoderblock` subtree of `tree` split into `encoderblock_{i}` subtrees."""
-  return jax.tree.map(lambda n: _unstack(n) if _has_scanned(n) else n, tree,
+  """Every scanned `encoderblock` subtree of `tree` split into `encoderblock_{i}` subtrees.
+
+  The layer count comes from the first subtree holding an array, so subtrees without arrays
+  (e.g. optimizer-state placeholders of frozen parameters) are split alike.
+  """
+  counts = []
+  jax.tree.map(lambda n: counts.extend(a.shape[0] for a in jax.tree.leaves(n[SCANNED]))
+               if _has_scanned(n) else None, tree, is_leaf=_has_scanned)
+  if not counts:
+    return tree
+  return jax.tree.map(lambda n: _unstack(n, counts[0]) if _has_scanned(n) else n, tree,
                       is_leaf=_has_scanned)
 
 

@@ -19,22 +19,41 @@ IMPLEMENTATIONS = ("auto", "plain", "xla", "cudnn")
 HALF = (jnp.bfloat16, jnp.float16)
 
 
-def check(implementation: str, attention_dropout: float) -> str | None:
-  """Why this implementation cannot be used (None when it can)."""
+def _half(dtype: Any) -> bool:
+  return jnp.dtype(dtype) in [jnp.dtype(d) for d in HALF]
+
+
+def check(implementation: str, attention_dropout: float, *, backend: str | None = None,
+          dtype: Any = None, relative: bool = False) -> str | None:
+  """Why this implementation cannot be used (None when it can).
+
+  With `backend` and `dtype` given, `cudnn` is also checked against them.
+  """
   if implementation not in IMPLEMENTATIONS:
     return (f"attention '{implementation}' is not one of {', '.join(IMPLEMENTATIONS)}")
   if implementation != "plain" and attention_dropout > 0:
     return (f"attention '{implementation}' has no dropout on attention weights; set "
             "attention=plain or attention_dropout=0")
+  if implementation == "cudnn":
+    if backend is not None and backend != "gpu":
+      return f"attention 'cudnn' needs a GPU (this backend is {backend}); use auto or xla"
+    if dtype is not None and not _half(dtype):
+      return f"attention 'cudnn' needs dtype bfloat16 or float16, got {dtype}; use auto or xla"
+    if relative:
+      return "attention 'cudnn' does not take the relative position bias; use auto or xla"
   return None
 
 
-def resolve(implementation: str, dtype: Any) -> str:
-  """The concrete implementation `auto` stands for on this backend and compute dtype."""
+def resolve(implementation: str, dtype: Any, *, has_bias: bool = False) -> str:
+  """The concrete implementation `auto` stands for on this backend and compute dtype.
+
+  A per-query bias (the relative position embedding) keeps `auto` on XLA: cuDNN's fused kernel
+  restricts biases (e.g. to even sequence lengths in training) and ViT has 197 tokens.
+  """
   if implementation != "auto":
     return implementation
-  half = jnp.dtype(dtype) in [jnp.dtype(d) for d in HALF]
-  return "cudnn" if jax.default_backend() == "gpu" and half else "xla"
+  gpu_half = jax.default_backend() == "gpu" and _half(dtype)
+  return "cudnn" if gpu_half and not has_bias else "xla"
 
 
 def attention_fn(implementation: str, dtype: Any,
@@ -44,7 +63,7 @@ def attention_fn(implementation: str, dtype: Any,
   `extra_bias(query)` (optional) returns a (B, H, T, T) bias added to the scaled logits; the
   relative position embedding uses it.
   """
-  impl = resolve(implementation, dtype)
+  impl = resolve(implementation, dtype, has_bias=extra_bias is not None)
 
   # Flax passes only the keyword arguments named in this signature, so they are spelled out.
   def attend(query: jax.Array, key: jax.Array, value: jax.Array, bias: Any = None,

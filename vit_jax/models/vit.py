@@ -108,7 +108,9 @@ class Encoder(nn.Module):
   def __call__(self, x: jax.Array, *, grid: tuple[int, int], num_prefix: int,
                train: bool) -> jax.Array:
     problem = (posemb.check(self.posemb, self.posemb_mode, x.shape[-1])
-               or attention.check(self.attention, self.attention_dropout)
+               or attention.check(self.attention, self.attention_dropout,
+                                  backend=jax.default_backend(), dtype=self.dtype,
+                                  relative=self.posemb == "relative")
                or check_memory_options(self.remat, self.scan_layers, self.posemb_mode))
     if problem:
       raise ValueError(problem)

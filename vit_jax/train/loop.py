@@ -16,7 +16,7 @@ from vit_jax.evaluate import fewshot
 from vit_jax.evaluate.classification import evaluate
 from vit_jax.io import layers, posemb_resize
 from vit_jax.models.vit import VisionTransformer
-from vit_jax.train import optim, sharding
+from vit_jax.train import multihost, optim, sharding
 from vit_jax.train import step as step_lib
 from vit_jax.train.checkpoint import Checkpointer, load_run_params
 from vit_jax.train.metrics import LOGGER, MetricWriter
@@ -56,7 +56,7 @@ def initial_params(config: Any, params: Any) -> Any:
   logger = logging.getLogger(LOGGER)
   source_config, source = load_run_params(config.init_from)
   old, new = _grid(source_config), _grid(config)
-  adapted, fresh = posemb_resize.adapt_params(source, jax.device_get(params), old, new,
+  adapted, fresh = posemb_resize.adapt_params(source, multihost.host_copy(params), old, new,
                                               config.posemb_resample)
   logger.info("Initialised from %s (patch grid %dx%d -> %dx%d%s)", config.init_from, *old, *new,
               f"; new {', '.join(fresh)}" if fresh else "")
@@ -69,6 +69,17 @@ def _fmt_eta(seconds: float | None) -> str:
   minutes, secs = divmod(int(seconds), 60)
   hours, minutes = divmod(minutes, 60)
   return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def components(config: Any) -> tuple[VisionTransformer, Any, Any, Any]:
+  """(model, lr schedule, optimizer, init_fn() -> initial TrainState) of a resolved config."""
+  model = model_from_config(config.model, config.num_classes)
+  schedule = optim.make_schedule(config.lr, config.warmup_steps, config.total_steps,
+                                 config.decay)
+  tx = optim.make_optimizer(config, schedule)
+  image_shape = (config.image_size, config.image_size, config.image_channels)
+  init_fn = functools.partial(step_lib.init_state, model, tx, image_shape, config.seed)
+  return model, schedule, tx, init_fn
 
 
 class Placement:
@@ -107,11 +118,7 @@ def train(config: Any, data: Dataset, workdir: str) -> dict[str, float]:
   lead = jax.process_index() == 0
   total = config.total_steps
 
-  model = model_from_config(config.model, config.num_classes)
-  schedule = optim.make_schedule(config.lr, config.warmup_steps, total, config.decay)
-  tx = optim.make_optimizer(config, schedule)
-  image_shape = (config.image_size, config.image_size, config.image_channels)
-  init_fn = functools.partial(step_lib.init_state, model, tx, image_shape, config.seed)
+  model, schedule, tx, init_fn = components(config)
   where = Placement(config, init_fn)
   init = jax.jit(init_fn, out_shardings=where.state)
 

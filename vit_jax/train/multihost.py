@@ -1,4 +1,4 @@
-"""Joining a multi-process run: `jax.distributed.initialize` and barriers between processes.
+"""Joining a multi-process run: `jax.distributed.initialize` and agreement between processes.
 
 Every process runs the same command. On a TPU pod slice and under SLURM (`srun`) JAX finds the
 coordinator, the process count and this process's index by itself; elsewhere they are given
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 
@@ -17,11 +18,11 @@ MODES = ("auto", "on", "off")
 
 def launched_as_cluster(env: Mapping[str, str]) -> bool:
   """Whether the environment shows a multi-process launch JAX can detect by itself."""
-  if int(env.get("SLURM_NTASKS", env.get("SLURM_STEP_NUM_TASKS", "1")) or 1) > 1:
+  # srun sets SLURM_STEP_NUM_TASKS for the tasks of a job step; a batch script itself (where a
+  # plain `python` would wait for processes that never start) is not such a step.
+  if int(env.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1:
     return True
-  if "," in env.get("TPU_WORKER_HOSTNAMES", ""):  # a TPU slice spanning several hosts
-    return True
-  return bool(env.get("JAX_COORDINATOR_ADDRESS"))
+  return "," in env.get("TPU_WORKER_HOSTNAMES", "")  # a TPU slice spanning several hosts
 
 
 def initialize(mode: str = "auto", coordinator_address: str | None = None,
@@ -48,6 +49,29 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None,
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id)
   return True
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is true in any process (a collective: every process must call it)."""
+  if jax.process_count() == 1:
+    return flag
+  import numpy as np
+  from jax.experimental import multihost_utils
+
+  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def host_copy(tree: Any) -> Any:
+  """NumPy copies of the whole of every array, also of arrays split across processes."""
+  import numpy as np
+  from jax.experimental import multihost_utils
+
+  def fetch(a: Any) -> np.ndarray:
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return np.asarray(jax.device_get(a))
+
+  return jax.tree.map(fetch, tree)
 
 
 def barrier(name: str) -> None:

@@ -36,7 +36,8 @@ def mesh_shape(data: int, fsdp: int, device_count: int) -> tuple[int, int]:
   Raises ValueError naming the mismatch when the sizes cannot cover the devices exactly.
   """
   if fsdp == -1 and data == -1:
-    raise ValueError("only one of mesh.data and mesh.fsdp can be -1")
+    raise ValueError("only one of mesh.data and mesh.fsdp can be -1; for FSDP over all devices "
+                     "set --config.mesh.data=1 --config.mesh.fsdp=-1")
   for name, size in ((DATA, data), (FSDP, fsdp)):
     if size == 0 or size < -1:
       raise ValueError(f"mesh.{name} must be positive or -1, got {size}")
@@ -48,8 +49,10 @@ def mesh_shape(data: int, fsdp: int, device_count: int) -> tuple[int, int]:
     rest = device_count // known
     return (rest, fsdp) if data == -1 else (data, rest)
   if known != device_count:
+    fix = ("set --config.mesh.data=-1 to use all of them" if device_count % fsdp == 0 else
+           f"use a mesh.fsdp that divides {device_count} and --config.mesh.data=-1")
     raise ValueError(f"mesh data={data} x fsdp={fsdp} = {known} devices does not match the "
-                     f"{device_count} devices here; set --config.mesh.data=-1 to use all of them")
+                     f"{device_count} devices here; {fix}")
   return data, fsdp
 
 
