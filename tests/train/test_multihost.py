@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -27,11 +28,31 @@ def free_port() -> int:
 
 
 def launch(workdir, devices, *extra):
+  """Starts one process; its output goes to a file (a full pipe would stall it mid-collective)."""
   env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-         "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
-  return subprocess.Popen([sys.executable, "-m", "vit_jax.main", *ARGS, "--workdir",
-                           str(workdir), *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+         "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
+  log = Path(f"{workdir}.{len(list(Path(workdir).parent.glob('*.log')))}.log")
+  log.parent.mkdir(parents=True, exist_ok=True)
+  proc = subprocess.Popen([sys.executable, "-m", "vit_jax.main", *ARGS, "--workdir",
+                           str(workdir), *extra], cwd=ROOT, env=env, stdout=log.open("w"),
                           stderr=subprocess.STDOUT, text=True)
+  proc.log = log
+  return proc
+
+
+def output(proc, timeout=240):
+  """Waits for `proc` and returns what it printed. Past `timeout` it is aborted, which makes
+  Python dump every thread's stack into the log, so a hang fails with its reason."""
+  try:
+    proc.wait(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.send_signal(signal.SIGABRT)
+    try:
+      proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+  return proc.log.read_text()
 
 
 def losses(workdir):
@@ -44,8 +65,9 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path):
   port = free_port()
   procs = [launch(tmp_path / "multi", 2, f"--coordinator_address=127.0.0.1:{port}",
                   "--num_processes=2", f"--process_id={i}") for i in range(2)]
-  single = launch(tmp_path / "single", 4)
-  outputs = [p.communicate(timeout=600)[0] for p in (*procs, single)]
+  outputs = [output(p) for p in procs]
+  single = launch(tmp_path / "single", 4)  # after the pair, so three processes share no cores
+  outputs.append(output(single))
   for p, out in zip((*procs, single), outputs, strict=True):
     assert p.returncode == 0, out[-3000:]
   assert "on 4 devices" in outputs[0] and "on 4 devices" in outputs[2]
@@ -89,7 +111,7 @@ def test_a_process_that_fails_its_checks_stops_the_others(tmp_path):
   flags = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
   procs = [launch(tmp_path / "run", 2, *flags, "--process_id=0"),
            launch(tmp_path / "run", 2, *flags, "--process_id=1", "--config.image_size=30")]
-  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  outputs = [output(p, timeout=300) for p in procs]
   assert [p.returncode for p in procs] == [2, 2]
   assert "error: another process of this run failed its checks" in outputs[0]
   assert "error: image_size 30 is not divisible" in outputs[1]

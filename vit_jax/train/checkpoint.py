@@ -10,13 +10,31 @@ import json
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
+
+
+def _use_client_barriers() -> None:
+  """Makes Orbax synchronise processes through the distributed client, not device collectives.
+
+  Orbax's default barrier is a collective over all devices, and it issues some from its
+  background commit thread. Interleaved with the training or evaluation step's collectives, they
+  reach the processes in different orders and the run deadlocks (seen with 2 processes on CPU).
+  The client's barriers use the coordination service and cannot collide with device work.
+  """
+  from absl import flags
+
+  name = "experimental_orbax_use_distributed_barrier"
+  if name in flags.FLAGS and flags.FLAGS.is_parsed():
+    flags.FLAGS[name].value = True
 
 
 class Checkpointer:
   """Saves every `every` steps, keeps the newest `keep`, restores the newest."""
 
   def __init__(self, workdir: str, every: int, keep: int):
+    if jax.process_count() > 1:
+      _use_client_barriers()
     self.every = max(every, 1)
     # The interval is applied in save(): Orbax's own would also save the first step it sees.
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)

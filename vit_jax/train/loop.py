@@ -148,10 +148,12 @@ def train(config: Any, data: Dataset, workdir: str) -> dict[str, float]:
                                accum_steps=config.accum_steps, seed=config.seed,
                                grad_shardings=param_sh),
       in_shardings=(state_sh, where.batch), out_shardings=(state_sh, repl), donate_argnums=0)
-  eval_step = jax.jit(step_lib.make_eval_step(model, loss=config.loss),
-                      in_shardings=(param_sh, where.batch), out_shardings=repl)
-  feature_step = jax.jit(fewshot.make_feature_step(model), in_shardings=(param_sh, where.batch),
-                         out_shardings=repl)
+  eval_step = multihost.one_at_a_time(jax.jit(
+      step_lib.make_eval_step(model, loss=config.loss), in_shardings=(param_sh, where.batch),
+      out_shardings=repl))
+  feature_step = multihost.one_at_a_time(jax.jit(
+      fewshot.make_feature_step(model), in_shardings=(param_sh, where.batch),
+      out_shardings=repl))
   place = where.place_batch
 
   batches = data.train_batches(start)

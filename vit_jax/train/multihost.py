@@ -8,7 +8,7 @@ explicitly (`--coordinator_address=host:port --num_processes=N --process_id=i`).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -72,6 +72,22 @@ def host_copy(tree: Any) -> Any:
     return np.asarray(jax.device_get(a))
 
   return jax.tree.map(fetch, tree)
+
+
+def one_at_a_time(step: Callable[..., Any]) -> Callable[..., Any]:
+  """`step`, waiting for each call's result when the run has several processes.
+
+  Calls that do not depend on each other (evaluation batches) may otherwise execute at the same
+  time; their cross-process collectives then meet in different orders in different processes
+  and the run deadlocks (seen on CPU under load). Training steps depend on each other already.
+  """
+  if jax.process_count() == 1:
+    return step
+
+  def run(*args: Any) -> Any:
+    return jax.block_until_ready(step(*args))
+
+  return run
 
 
 def barrier(name: str) -> None:
