@@ -51,9 +51,8 @@ def to_per_layer(tree: Any) -> Any:
   The layer count comes from the first subtree holding an array, so subtrees without arrays
   (e.g. optimizer-state placeholders of frozen parameters) are split alike.
   """
-  counts = []
-  jax.tree.map(lambda n: counts.extend(a.shape[0] for a in jax.tree.leaves(n[SCANNED]))
-               if _has_scanned(n) else None, tree, is_leaf=_has_scanned)
+  counts = [a.shape[0] for node in jax.tree.leaves(tree, is_leaf=_has_scanned)
+            if _has_scanned(node) for a in jax.tree.leaves(node[SCANNED])]
   if not counts:
     return tree
   return jax.tree.map(lambda n: _unstack(n, counts[0]) if _has_scanned(n) else n, tree,

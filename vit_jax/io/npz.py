@@ -18,20 +18,20 @@ import numpy as np
 from vit_jax.io import layers
 
 
-def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
-  """Nested parameters -> {'a/b/c': array}."""
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """Nested parameters -> {'a/b/c': leaf}, the leaves as given."""
   flat = {}
   for key, value in params.items():
     path = f"{prefix}{key}"
     if isinstance(value, Mapping):
       flat.update(flatten(value, f"{path}/"))
     else:
-      flat[path] = np.asarray(jax.device_get(value))
+      flat[path] = value
   return flat
 
 
-def unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
-  """{'a/b/c': array} -> nested parameters."""
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """{'a/b/c': leaf} -> nested parameters."""
   tree: dict[str, Any] = {}
   for path, value in flat.items():
     node = tree
@@ -44,7 +44,8 @@ def unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
 
 def save(path: str, params: Mapping[str, Any]) -> None:
   """Writes `params` (per-layer or scanned) to `path` in the original format, atomically."""
-  flat = flatten(layers.to_per_layer(dict(params)))
+  flat = {k: np.asarray(jax.device_get(v))
+          for k, v in flatten(layers.to_per_layer(dict(params))).items()}
   tmp = f"{path}.tmp.npz"
   np.savez(tmp, **flat)
   os.replace(tmp, path)

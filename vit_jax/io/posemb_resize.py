@@ -13,6 +13,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from vit_jax.io import npz
+
 METHODS = ("bilinear", "bicubic")
 _JAX_METHOD = {"bilinear": "linear", "bicubic": "cubic"}
 Grid = tuple[int, int]
@@ -50,27 +52,6 @@ def resize_relative(table: np.ndarray, new: Grid, method: str = "bilinear") -> n
   return resample(table, (2 * new[0] - 1, 2 * new[1] - 1), method)
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict) or hasattr(value, "items"):
-      out.update(_flatten(value, f"{prefix}{key}/"))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
-def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-  tree: dict[str, Any] = {}
-  for path, value in flat.items():
-    node = tree
-    *parents, leaf = path.split("/")
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return tree
-
-
 def adapt_params(source: Any, target: Any, old: Grid, new: Grid, method: str = "bilinear",
                  fresh: tuple[str, ...] = ("head/",)) -> tuple[dict[str, Any], list[str]]:
   """Parameters shaped like `target`, taken from `source` and resampled where the grid changed.
@@ -79,7 +60,7 @@ def adapt_params(source: Any, target: Any, old: Grid, new: Grid, method: str = "
   `target`'s values. Returns the tree and the names of the parameters that were not carried over.
   Raises ValueError naming a parameter that is missing or cannot be made to fit.
   """
-  src, tgt = _flatten(source), _flatten(target)
+  src, tgt = npz.flatten(source), npz.flatten(target)
   out, kept_fresh = {}, []
   for path, want in tgt.items():
     name = path.rsplit("/", 1)[-1]
@@ -105,4 +86,4 @@ def adapt_params(source: Any, target: Any, old: Grid, new: Grid, method: str = "
       raise ValueError(f"parameter {path} has shape {have.shape} in the checkpoint but "
                        f"{tuple(want.shape)} in this model")
     out[path] = have
-  return _unflatten(out), kept_fresh
+  return npz.unflatten(out), kept_fresh

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 MODES = ("auto", "on", "off")
 
@@ -55,17 +57,11 @@ def any_process(flag: bool) -> bool:
   """Whether `flag` is true in any process (a collective: every process must call it)."""
   if jax.process_count() == 1:
     return flag
-  import numpy as np
-  from jax.experimental import multihost_utils
-
   return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
 def host_copy(tree: Any) -> Any:
   """NumPy copies of the whole of every array, also of arrays split across processes."""
-  import numpy as np
-  from jax.experimental import multihost_utils
-
   def fetch(a: Any) -> np.ndarray:
     if isinstance(a, jax.Array) and not a.is_fully_addressable:
       return np.asarray(multihost_utils.process_allgather(a, tiled=True))
@@ -93,6 +89,4 @@ def one_at_a_time(step: Callable[..., Any]) -> Callable[..., Any]:
 def barrier(name: str) -> None:
   """Waits until every process has reached the barrier called `name` (no-op for one process)."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
-    multihost_utils.sync_global_devices(name)
+      multihost_utils.sync_global_devices(name)
