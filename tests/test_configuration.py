@@ -1,5 +1,8 @@
 import json
+import os
+import re
 
+import ml_collections
 import pytest
 
 from configs import b16, quickstart
@@ -93,3 +96,176 @@ def test_layout_settings_and_keys_newer_than_the_run_do_not_block_a_resume(tmp_p
     changed.update_from_flattened_dict({key: value})
     with pytest.raises(ConfigError, match=key):
       configuration.check_workdir(changed, str(tmp_path))
+
+
+def changed(changes: dict, config=None):
+  """The resolved quickstart config with dotted keys set to any value, of any type."""
+  d = (config or resolved(quickstart.get_config())).to_dict()
+  for key, value in changes.items():
+    *path, last = key.split(".")
+    section = d
+    for part in path:
+      section = section[part]
+    section[last] = value
+  return ml_collections.ConfigDict(d, type_safe=False)
+
+
+def problems(config, **kw) -> str:
+  with pytest.raises(ConfigError) as err:
+    configuration.validate(config, device_count=kw.pop("device_count", 1), **kw)
+  return str(err.value)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"lr": "0.001"}, "lr must be a float, got str '0.001'"),
+    ({"batch_size": 3.5}, "batch_size must be an int, got float 3.5"),
+    ({"model.num_heads": "4"}, "model.num_heads must be an int, got str '4'"),
+    ({"seed": True}, "seed must be an int, got bool True"),  # a bool is not an int here
+    ({"accum_steps": False}, "accum_steps must be an int, got bool False"),
+    ({"dataset": 5}, "dataset must be a string, got int 5"),
+    ({"download": "yes"}, "download must be a bool (True or False), got str 'yes'"),
+    ({"model.scan_layers": 1}, "model.scan_layers must be a bool (True or False), got int 1"),
+    ({"fewshot.shots": ("a",)}, "fewshot.shots must be a tuple of ints, got tuple ('a',)"),
+    ({"fewshot.shots": 5}, "fewshot.shots must be a tuple of ints, got int 5"),
+    ({"mesh": None}, "mesh must be a section of keys (a ConfigDict), got NoneType None"),
+    ({"adam_b1": 1.0}, "adam_b1 must be in [0, 1), got 1.0"),
+    ({"adam_b2": -0.1}, "adam_b2 must be in [0, 1), got -0.1"),
+    ({"momentum": 1.5}, "momentum must be in [0, 1), got 1.5"),
+    ({"keep_checkpoints": 0}, "keep_checkpoints must be positive, got 0"),
+    ({"fewshot.draws": 0}, "fewshot.draws must be positive, got 0"),
+    ({"fewshot.pool": -3}, "fewshot.pool must be positive, got -3"),
+    ({"nonfinite": "ignore"}, "nonfinite 'ignore' is not one of stop, skip"),
+    ({"model.head_bias_init": float("nan")}, "model.head_bias_init must be finite, got nan"),
+    ({"total_steps": 100}, "warmup_steps 100 is not below total_steps 100"),
+])
+def test_each_field_is_checked_for_type_and_range(changes, message):
+  assert message in problems(changed(changes))
+
+
+def test_an_int_is_a_float_and_any_head_bias_is_fine():
+  configuration.validate(changed({"lr": 1, "num_epochs": 3, "model.head_bias_init": -1e4,
+                                  "fewshot.shots": [1, 5], "nonfinite": "skip"}), device_count=1)
+
+
+def test_unknown_keys_of_a_config_file_are_reported_with_the_closest_key():
+  c = quickstart.get_config()
+  c.batchsize = 8  # a config file's typo: the key is added, and nothing would read it
+  c.model.hiden_size = 64
+  c.zzqqxx = 1
+  text = problems(resolved(c))
+  assert "unknown config key 'batchsize'; did you mean 'batch_size'?" in text
+  assert "unknown config key 'model.hiden_size'; did you mean 'model.hidden_size'?" in text
+  assert "unknown config key 'zzqqxx' (no known key is close to it)" in text
+  assert text.count("did you mean") == 2
+
+
+def test_missing_keys_are_reported():
+  d = resolved(quickstart.get_config()).to_dict()
+  del d["nonfinite"], d["model"]["dropout"]
+  text = problems(ml_collections.ConfigDict(d))
+  assert "missing config keys 'nonfinite', 'model.dropout'" in text
+
+
+def test_every_problem_is_reported_in_one_error():
+  c = changed({"lr": "fast", "adam_b1": 2.0, "keep_checkpoints": 0, "image_size": 30,
+               "batch_size": 12, "model.num_heads": 0, "nonfinite": "ignore"})
+  c.batchsize = 8
+  text = problems(c, device_count=8)
+  for part in ("lr must be a float, got str 'fast'", "adam_b1 must be in [0, 1), got 2.0",
+               "keep_checkpoints must be positive, got 0", "did you mean 'batch_size'",
+               "image_size 30 is not divisible by model.patch_size 7",
+               "not divisible by the 8 devices", "model.num_heads must be positive, got 0",
+               "nonfinite 'ignore' is not one of stop, skip"):
+    assert part in text
+  assert "model.hidden_size 128 is not divisible" not in text  # num_heads failed: not divided by
+
+
+def test_nonsense_of_any_type_gives_config_errors_only():
+  base = resolved(quickstart.get_config())
+  keys = [k for k in base.to_dict() if k not in ("model", "fewshot", "mesh")]
+  keys += [f"{s}.{k}" for s in ("model", "fewshot", "mesh") for k in base.to_dict()[s]]
+  keys += ["model", "fewshot", "mesh"]
+  junk = ["4", 3.5, True, None, ("a",), [], {}, float("inf"), -1, 0, (0, 5), "", "cudnn"]
+  for key in keys:
+    for value in junk:
+      c = changed({key: value}, base)
+      try:
+        configuration.validate(c, device_count=8, backend="gpu")
+      except ConfigError:
+        pass
+      try:
+        configuration.resolve_model(c)
+      except ConfigError:
+        pass
+
+
+def test_resolve_model_names_a_wrongly_typed_name():
+  c = changed({"model.name": 5, "model.patch_size": None})
+  with pytest.raises(ConfigError, match="model.name must be a string, got int 5"):
+    configuration.resolve_model(c)
+  with pytest.raises(ConfigError, match="model must be a section"):
+    configuration.resolve_model(changed({"model": "ViT-B/16"}))
+
+
+def test_init_from_is_a_workdir_or_an_npz_file(tmp_path):
+  (tmp_path / "params.npz").write_bytes(b"")
+  (tmp_path / "notes.txt").write_text("")
+  for ok in (str(tmp_path), str(tmp_path / "params.npz"), ""):
+    configuration.validate(changed({"init_from": ok}), device_count=1)
+  assert (f"init_from {tmp_path}/nothing does not exist; give a training run's workdir or a .npz "
+          "parameter file") in problems(changed({"init_from": f"{tmp_path}/nothing"}))
+  assert (f"init_from {tmp_path}/notes.txt is neither a directory nor a .npz file"
+          in problems(changed({"init_from": f"{tmp_path}/notes.txt"})))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_unwritable_workdir_is_refused_before_anything_is_created(tmp_path):
+  c = configuration.resolve_data(resolved(quickstart.get_config()), num_train=4000,
+                                 num_classes=10)
+  locked = tmp_path / "locked"
+  (locked / "old").mkdir(parents=True)
+  locked.chmod(0o500)
+  try:
+    with pytest.raises(ConfigError, match=re.escape(
+        f"workdir {locked}/new/run is not writable (permission denied on {locked})")):
+      configuration.check_workdir(c, str(locked / "new" / "run"))
+    (locked / "old").chmod(0o500)
+    with pytest.raises(ConfigError, match=re.escape(f"permission denied on {locked}/old)")):
+      configuration.check_workdir(c, str(locked / "old"))
+    assert sorted(p.name for p in locked.iterdir()) == ["old"]
+  finally:
+    (locked / "old").chmod(0o700)
+    locked.chmod(0o700)
+  assert configuration.check_workdir(c, str(tmp_path / "a" / "b")) is False
+  assert not (tmp_path / "a").exists()
+
+
+def test_nonfinite_may_change_on_resume(tmp_path):
+  c = configuration.resolve_data(resolved(quickstart.get_config()), num_train=4000,
+                                 num_classes=10)
+  (tmp_path / "config.json").write_text(configuration.to_json(c))
+  c.nonfinite = "skip"  # resuming a run that stopped on a non-finite loss
+  assert configuration.check_workdir(c, str(tmp_path)) is True
+  old = json.loads(configuration.to_json(c))
+  del old["nonfinite"]  # a run written before the key existed
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  c.nonfinite = "stop"
+  assert configuration.check_workdir(c, str(tmp_path)) is True
+
+
+def test_permission_is_checked_on_the_nearest_existing_directory(tmp_path, monkeypatch):
+  # The chmod test above is skipped as root; here os.access denies one directory instead.
+  c = configuration.resolve_data(resolved(quickstart.get_config()), num_train=4000,
+                                 num_classes=10)
+  (tmp_path / "ro").mkdir()
+  (tmp_path / "file").write_text("")
+  real = os.access
+  monkeypatch.setattr(os, "access", lambda p, mode: p != str(tmp_path / "ro") and real(p, mode))
+  with pytest.raises(ConfigError, match=re.escape(
+      f"permission denied on {tmp_path}/ro); choose another --workdir or fix its permissions")):
+    configuration.check_workdir(c, str(tmp_path / "ro" / "x" / "run"))
+  with pytest.raises(ConfigError, match=re.escape(
+      f"cannot be created: {tmp_path}/file is not a directory")):
+    configuration.check_workdir(c, str(tmp_path / "file" / "run"))
+  assert configuration.check_workdir(c, str(tmp_path / "rw" / "run")) is False
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "ro"]

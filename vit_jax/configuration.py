@@ -2,7 +2,8 @@
 
 `resolve_model` fills the architecture from the preset named by `model.name` (explicit values
 win); `resolve_data` fills what depends on the dataset (`num_classes`, `total_steps`); `validate`
-collects every problem it can see without data. None of them touches the workdir.
+checks every key against `vit_jax.config_schema` and their relations, and reports every problem
+it can see without data at once. `check_workdir` reads the workdir but writes nothing to it.
 """
 
 from __future__ import annotations
@@ -14,15 +15,12 @@ from typing import Any
 
 import ml_collections
 
-from vit_jax.data import preprocess
-from vit_jax.io import posemb_resize
+from vit_jax import config_schema
+from vit_jax.config_schema import ARCH_KEYS, SCHEMA
 from vit_jax.models import attention, posemb
 from vit_jax.models.presets import PRESETS
-from vit_jax.models.vit import POOLS, check_memory_options
-from vit_jax.train import optim, sharding, step
-
-ARCH_KEYS = ("patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim")
-DTYPES = ("float32", "bfloat16", "float16")
+from vit_jax.models.vit import check_memory_options
+from vit_jax.train import sharding
 
 
 class ConfigError(ValueError):
@@ -32,16 +30,30 @@ class ConfigError(ValueError):
 def resolve_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Returns an unlocked copy with the model's architecture filled in from its preset."""
   config = ml_collections.ConfigDict(config.to_dict())
-  model = config.model
-  preset = PRESETS.get(model.name)
+  model = config.get("model")
+  if not isinstance(model, ml_collections.ConfigDict):
+    raise ConfigError(f"model must be a section of keys (configs/models.py's model_config()), "
+                      f"got {config_schema.show(model)}")
   missing = [k for k in ARCH_KEYS if model.get(k) is None]
-  if missing and preset is None:
-    raise ConfigError(
-        f"model.name '{model.name}' is not a preset and model.{missing[0]} is unset; use one of "
-        f"{', '.join(PRESETS)} or set model.{', model.'.join(missing)}")
+  if not missing:
+    return config
+  name = model.get("name")
+  fix = f"use one of {', '.join(PRESETS)} or set model.{', model.'.join(missing)}"
+  if not isinstance(name, str):
+    raise ConfigError(f"model.name must be a string, got {config_schema.show(name)}; {fix}")
+  preset = PRESETS.get(name)
+  if preset is None:
+    raise ConfigError(f"model.name '{name}' is not a preset and model.{missing[0]} is unset; {fix}")
   for key in missing:
     model[key] = getattr(preset, key)
   return config
+
+
+def _warmup_problem(warmup_steps: int, total_steps: int) -> str | None:
+  if warmup_steps >= total_steps:
+    return (f"warmup_steps {warmup_steps} is not below total_steps {total_steps}; lower "
+            "--config.warmup_steps")
+  return None
 
 
 def resolve_data(config: ml_collections.ConfigDict, *, num_train: int, num_classes: int,
@@ -52,99 +64,91 @@ def resolve_data(config: ml_collections.ConfigDict, *, num_train: int, num_class
     config.num_classes = num_classes
   if config.total_steps is None:
     config.total_steps = max(1, math.ceil(config.num_epochs * num_train / config.batch_size))
-  if config.warmup_steps >= config.total_steps:
-    raise ConfigError(f"warmup_steps {config.warmup_steps} is not below total_steps "
-                      f"{config.total_steps}; lower --config.warmup_steps")
+  problem = _warmup_problem(config.warmup_steps, config.total_steps)
+  if problem:
+    raise ConfigError(problem)
   return config
 
 
-def _lookup(config: ml_collections.ConfigDict, dotted: str) -> Any:
-  for part in dotted.split("."):
-    config = config[part]
-  return config
+def _init_from_problem(path: str) -> str | None:
+  fix = "give a training run's workdir or a .npz parameter file"
+  if not os.path.exists(path):
+    return f"init_from {path} does not exist; {fix}"
+  if not os.path.isdir(path) and not (os.path.isfile(path) and path.endswith(".npz")):
+    return f"init_from {path} is neither a directory nor a .npz file; {fix}"
+  return None
 
 
-def _choice(problems: list[str], key: str, value: Any, choices: tuple[str, ...]) -> None:
-  if value not in choices:
-    problems.append(f"{key} '{value}' is not one of {', '.join(choices)}")
+def _relations(v: dict[str, Any], device_count: int, process_count: int,
+               backend: str) -> list[str]:
+  """Problems between keys, or with this machine; `v` holds only values that passed alone."""
+
+  def have(*keys: str) -> bool:  # a check is skipped where a value it needs is bad or unset
+    return all(v.get(key) is not None for key in keys)
+
+  problems = []
+  if have("image_size", "model.patch_size"):
+    p, size = v["model.patch_size"], v["image_size"]
+    if size % p:
+      problems.append(f"image_size {size} is not divisible by model.patch_size {p}; use a "
+                      f"multiple of {p} such as {max(1, round(size / p)) * p}")
+  if have("model.hidden_size", "model.num_heads") and v["model.hidden_size"] % v["model.num_heads"]:
+    problems.append(f"model.hidden_size {v['model.hidden_size']} is not divisible by "
+                    f"model.num_heads {v['model.num_heads']}")
+  if have("batch_size", "accum_steps"):
+    b, a = v["batch_size"], v["accum_steps"]
+    if b % a:
+      problems.append(f"batch_size {b} is not divisible by accum_steps {a}")
+    elif (b // a) % device_count:
+      problems.append(f"the micro-batch batch_size/accum_steps = {b // a} is not divisible by "
+                      f"the {device_count} devices; use a batch_size that is a multiple of "
+                      f"{device_count * a}")
+  if have("batch_size") and v["batch_size"] % process_count:
+    problems.append(f"batch_size {v['batch_size']} is not divisible by the {process_count} "
+                    "processes")
+  if have("warmup_steps", "total_steps"):
+    problems.append(_warmup_problem(v["warmup_steps"], v["total_steps"]))
+  if have("mesh.data", "mesh.fsdp"):
+    try:
+      sharding.mesh_shape(v["mesh.data"], v["mesh.fsdp"], device_count)
+    except ValueError as e:
+      problems.append(str(e))
+  model = []  # the model's own checks name keys without the "model." prefix
+  if have("model.attention", "model.attention_dropout"):
+    model.append(attention.check(
+        v["model.attention"], v["model.attention_dropout"], backend=backend,
+        dtype=v.get("model.dtype"), relative=v.get("model.posemb") == "relative"))
+  if have("model.remat", "model.scan_layers"):  # a bad posemb_mode is reported by posemb.check
+    model.append(check_memory_options(v["model.remat"], v["model.scan_layers"],
+                                      v.get("model.posemb_mode") or "stem"))
+  if have("model.posemb", "model.posemb_mode"):  # width 0 (unknown) passes the width check
+    model.append(posemb.check(v["model.posemb"], v["model.posemb_mode"],
+                              v.get("model.hidden_size") or 0))
+  problems += [f"model.{p}" for p in model if p]
+  if v.get("init_from"):
+    problems.append(_init_from_problem(v["init_from"]))
+  return [p for p in problems if p]
 
 
 def validate(config: ml_collections.ConfigDict, *, device_count: int,
              process_count: int = 1, backend: str = "cpu") -> None:
-  """Raises ConfigError naming every problem found (resolve the model first).
+  """Raises one ConfigError naming every problem found (resolve the model first).
 
-  `backend` is JAX's default backend (cpu, gpu, tpu), for options only some backends offer.
+  Each key is checked for its type and range (`config_schema.SCHEMA`), unknown and missing
+  keys are reported, then the relations between keys that passed (divisibility, the device
+  mesh, attention on this backend). `backend` is JAX's default backend (cpu, gpu, tpu), for
+  options only some backends offer.
   """
-  problems = []
-  m = config.model
-  positive = ["image_size", "batch_size", "accum_steps", "lr", "num_epochs", "log_every",
-              "checkpoint_every", "keep_checkpoints", "model.patch_size", "model.hidden_size",
-              "model.num_layers", "model.num_heads", "model.mlp_dim"]
-  non_negative = ["seed", "warmup_steps", "eval_every", "weight_decay", "grad_clip_norm",
-                  "model.representation_size"]
-  for key in positive:
-    if _lookup(config, key) <= 0:
-      problems.append(f"{key} must be positive, got {_lookup(config, key)}")
-  for key in non_negative:
-    if _lookup(config, key) < 0:
-      problems.append(f"{key} must be at least 0, got {_lookup(config, key)}")
-  for key in ("dropout", "attention_dropout"):
-    if not 0.0 <= m[key] < 1.0:
-      problems.append(f"model.{key} must be in [0, 1), got {m[key]}")
-  if config.num_classes is not None and config.num_classes <= 0:
-    problems.append(f"num_classes must be positive, got {config.num_classes}")
-  if config.total_steps is not None and config.total_steps <= 0:
-    problems.append(f"total_steps must be positive, got {config.total_steps}")
-  if problems:  # the checks below divide by these values
-    raise ConfigError("; ".join(problems))
-  p, size = m.patch_size, config.image_size
-  if size % p:
-    problems.append(f"image_size {size} is not divisible by model.patch_size {p}; use a multiple "
-                    f"of {p} such as {max(1, round(size / p)) * p}")
-  if m.hidden_size % m.num_heads:
-    problems.append(f"model.hidden_size {m.hidden_size} is not divisible by model.num_heads "
-                    f"{m.num_heads}")
-  b, a = config.batch_size, config.accum_steps
-  if b % a:
-    problems.append(f"batch_size {b} is not divisible by accum_steps {a}")
-  elif (b // a) % device_count:
-    problems.append(f"the micro-batch batch_size/accum_steps = {b // a} is not divisible by the "
-                    f"{device_count} devices; use a batch_size that is a multiple of "
-                    f"{device_count * a}")
-  if b % process_count:
-    problems.append(f"batch_size {b} is not divisible by the {process_count} processes")
-  try:
-    sharding.mesh_shape(config.mesh.data, config.mesh.fsdp, device_count)
-  except ValueError as e:
-    problems.append(str(e))
-  if config.mesh.fsdp_min_size < 0:
-    problems.append(f"mesh.fsdp_min_size must be at least 0, got {config.mesh.fsdp_min_size}")
-  for problem in (attention.check(m.attention, m.attention_dropout, backend=backend,
-                                  dtype=m.dtype, relative=m.posemb == "relative"),
-                  check_memory_options(m.remat, m.scan_layers, m.posemb_mode)):
-    if problem:
-      problems.append(f"model.{problem}")
-  posemb_problem = posemb.check(m.posemb, m.posemb_mode, m.hidden_size)
-  if posemb_problem:
-    problems.append(f"model.{posemb_problem}")
-  _choice(problems, "model.pool", m.pool, POOLS)
-  _choice(problems, "posemb_resample", config.posemb_resample, posemb_resize.METHODS)
-  fs = config.fewshot
-  if any(not isinstance(k, int) or k <= 0 for k in fs.shots):
-    problems.append(f"fewshot.shots must be positive integers, got {tuple(fs.shots)}")
-  if fs.draws <= 0 or fs.pool <= 0 or fs.l2 < 0:
-    problems.append(f"fewshot.draws and fewshot.pool must be positive and fewshot.l2 at least 0, "
-                    f"got {fs.draws}, {fs.pool}, {fs.l2}")
-  if config.init_from and not os.path.isdir(config.init_from):
-    problems.append(f"init_from {config.init_from} is not a directory; give a training run's "
-                    "workdir")
-  _choice(problems, "model.dtype", m.dtype, DTYPES)
-  _choice(problems, "optimizer", config.optimizer, optim.OPTIMIZERS)
-  _choice(problems, "moment_dtype", config.moment_dtype, optim.MOMENT_DTYPES)
-  _choice(problems, "decay", config.decay, optim.DECAYS)
-  _choice(problems, "loss", config.loss, step.LOSSES)
-  _choice(problems, "augment", config.augment, preprocess.AUGMENTS)
-  _choice(problems, "image_channels", str(config.image_channels), ("1", "3"))
+  values, problems = config_schema.read(config)
+  ok = {}
+  for key, field in SCHEMA.items():
+    if key in values:
+      problem = config_schema.check_value(key, field, values[key])
+      if problem:
+        problems.append(problem)
+      else:
+        ok[key] = values[key]
+  problems += _relations(ok, device_count, process_count, backend)
   if problems:
     raise ConfigError("; ".join(problems))
 
@@ -167,23 +171,45 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 # Settings that change how a run is laid out on the devices, not what it computes: a run may be
 # resumed with other values (e.g. on another number of devices). A trailing dot is a section.
 LAYOUT_KEYS = ("mesh.", "model.attention", "model.remat", "model.scan_layers")
+# Settings of what a run does when something goes wrong, which may also change on resuming: e.g.
+# a run that stopped on a non-finite loss is resumed with nonfinite=skip.
+RECOVERY_KEYS = ("nonfinite",)
 # Keys added after runs were already written, with the value those runs used.
-ADDED_KEYS: dict[str, Any] = {"moment_dtype": "float32"}
+ADDED_KEYS: dict[str, Any] = {"moment_dtype": "float32", "nonfinite": "stop"}
 
 
-def _is_layout(key: str) -> bool:
-  return any(key.startswith(k) if k.endswith(".") else key == k for k in LAYOUT_KEYS)
+def _may_change(key: str) -> bool:
+  return any(key.startswith(k) if k.endswith(".") else key == k
+             for k in LAYOUT_KEYS + RECOVERY_KEYS)
+
+
+def _unwritable(workdir: str) -> str | None:
+  """Why `workdir` cannot be written (or created), or None."""
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    return (f"workdir {workdir} cannot be created: {existing} is not a directory; choose another "
+            "--workdir")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    return (f"workdir {workdir} is not writable (permission denied on {existing}); choose "
+            "another --workdir or fix its permissions")
+  return None
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> bool:
   """Returns whether `workdir` holds an earlier run of this config; raises if it holds another.
 
-  Layout settings (`LAYOUT_KEYS`) are not compared. A key in `ADDED_KEYS` that the earlier
-  run's config.json lacks (written before the key existed) is compared with the value that run
-  used.
+  The workdir, or the nearest existing parent it would be created in, must be writable.
+  Layout and recovery settings (`LAYOUT_KEYS`, `RECOVERY_KEYS`) are not compared. A key in
+  `ADDED_KEYS` that the earlier run's config.json lacks (written before the key existed) is
+  compared with the value that run used.
   """
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ConfigError(f"workdir {workdir} exists and is not a directory; choose another --workdir")
+  problem = _unwritable(workdir)
+  if problem:
+    raise ConfigError(problem)
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     if os.path.exists(os.path.join(workdir, "checkpoints")):
@@ -198,7 +224,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> bool:
   new = _flatten(json.loads(config.to_json()))
   for key, value in ADDED_KEYS.items():
     old.setdefault(key, value)
-  keys = sorted(k for k in set(old) | set(new) if not _is_layout(k))
+  keys = sorted(k for k in set(old) | set(new) if not _may_change(k))
   diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
   if diff:
     shown = ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")
