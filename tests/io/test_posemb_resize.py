@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vit_jax.io import posemb_resize
+from vit_jax.io import posemb_resize, pretrained
 from vit_jax.models.vit import VisionTransformer
 from vit_jax.train import checkpoint, loop
 
@@ -85,7 +85,8 @@ def test_init_from_a_run_resamples_its_checkpoint(tmp_path):
   saver.close()
   new = ml_collections.ConfigDict({"init_from": str(tmp_path), "image_size": 12,
                                    "posemb_resample": "bicubic", "model": {"patch_size": 4}})
-  params = loop.initial_params(new, init("learn1d", "token", (12, 12)))
+  params = loop.initial_params(new, pretrained.load(str(tmp_path)),
+                               init("learn1d", "token", (12, 12)))
   want = posemb_resize.resize_learn1d(source["Transformer"]["posembed_input"]["pos_embedding"],
                                       (2, 2), (3, 3), "bicubic")
   np.testing.assert_allclose(params["Transformer"]["posembed_input"]["pos_embedding"], want)

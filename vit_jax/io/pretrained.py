@@ -1,0 +1,140 @@
+"""The parameters a run starts from (`init_from`): a training run's workdir or an `.npz` file.
+
+A workdir gives its newest checkpoint and, from its `config.json`, the patch grid. An original
+format `.npz` file has no config, so the grid is read off the position tables (see `infer_grid`).
+Every failure is a `PretrainedError` with one line naming the file and what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import zipfile
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from vit_jax.io import layers, npz
+from vit_jax.train import checkpoint
+
+Grid = tuple[int, int]
+_SOURCES = "give a training run's workdir or an original-format .npz file"
+
+
+class PretrainedError(ValueError):
+  """A source of parameters that cannot be used; the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+  """Loaded parameters and the patch grid they were trained at."""
+
+  params: dict  # nested per-layer parameters, host numpy arrays
+  grid: Grid | None  # the source's patch grid (gh, gw); None without a grid-dependent table
+  source: str  # the path, for log messages
+
+
+def _reason(error: BaseException) -> str:
+  """The first line of an exception's message, at most 200 characters (else its type name)."""
+  lines = str(error).strip().splitlines() or [type(error).__name__]
+  return lines[0].split(". See full TensorStore details")[0][:200]
+
+
+def _table_grid(path: str, key: str, flat: Mapping[str, np.ndarray], prefix: int) -> Grid:
+  """The grid one position table was made for; raises PretrainedError when it fits none."""
+  parent, _, name = key.rpartition("/")
+  shape = flat[key].shape
+  if name == "row_embedding":
+    col = flat.get(f"{parent}/col_embedding")
+    if col is None or len(shape) != 2 or col.ndim != 2:
+      raise PretrainedError(f"{path}: {key} has no matching 2-D col_embedding; {_SOURCES}")
+    return shape[0], col.shape[0]
+  if name == "rel_embedding":
+    if len(shape) != 3 or shape[0] % 2 == 0 or shape[1] % 2 == 0:
+      raise PretrainedError(f"{path}: {key} of shape {shape} is no (2gh-1, 2gw-1, d) offset "
+                            f"table; {_SOURCES}")
+    return (shape[0] + 1) // 2, (shape[1] + 1) // 2
+  rows = shape[1] - prefix if len(shape) == 3 else 0
+  side = math.isqrt(max(rows, 0))
+  if rows < 1 or side * side != rows:
+    token = " after the class-token row" if prefix else ""
+    raise PretrainedError(f"{path}: {key} of shape {shape} has {rows} patch rows{token}, no "
+                          "square grid; give the run's workdir, whose config.json holds the grid")
+  return side, side
+
+
+def infer_grid(path: str, params: Mapping[str, Any]) -> Grid | None:
+  """The patch grid the position tables of `params` were made for, or None without any table.
+
+  `row_embedding`/`col_embedding` give (gh, gw) and `rel_embedding` (2gh-1, 2gw-1, d) gives
+  (gh, gw). `pos_embedding` (1, rows, D) holds a class-token row exactly when the parameters have
+  a class token (`cls`), as in our models and the original format; the remaining rows must be a
+  square gh*gh (a non-square learn1d grid cannot be told from its table). All tables (one per
+  layer in `every_layer` mode or for `relative`) must agree.
+  """
+  flat = {k: np.asarray(v) for k, v in npz.flatten(params).items()}
+  prefix = int("cls" in params)
+  names = ("pos_embedding", "row_embedding", "rel_embedding")
+  grids = {key: _table_grid(path, key, flat, prefix) for key in flat
+           if key.rpartition("/")[2] in names}
+  if len(set(grids.values())) > 1:
+    found = ", ".join(f"{k} {g[0]}x{g[1]}" for k, g in grids.items())
+    raise PretrainedError(f"{path}: the position tables disagree on the grid ({found}); "
+                          f"{_SOURCES}")
+  return next(iter(grids.values()), None)
+
+
+def _load_npz(path: str) -> Pretrained:
+  if not zipfile.is_zipfile(path):
+    raise PretrainedError(f"{path} is not an .npz archive (truncated or another format); "
+                          f"{_SOURCES}")
+  try:
+    params = npz.load(path)
+  except ValueError as e:
+    if "allow_pickle" in str(e):
+      raise PretrainedError(f"{path} holds pickled object arrays, which are never loaded; save "
+                            "the parameters as numeric arrays (vit_jax.io.npz.save)") from None
+    raise PretrainedError(f"{path} cannot be read ({_reason(e)}); {_SOURCES}") from None
+  except (OSError, EOFError, zipfile.BadZipFile) as e:
+    raise PretrainedError(f"{path} cannot be read ({_reason(e)}); {_SOURCES}") from None
+  flat = npz.flatten(params)
+  if not flat:
+    raise PretrainedError(f"{path} holds no arrays; {_SOURCES}")
+  for key, value in flat.items():
+    if not isinstance(value, np.ndarray):
+      raise PretrainedError(f"{path}: member {key} is no .npy array; {_SOURCES}")
+  return Pretrained(params, infer_grid(path, params), path)
+
+
+def _load_run(path: str) -> Pretrained:
+  if not os.path.isfile(os.path.join(path, "config.json")):
+    raise PretrainedError(f"{path} has no config.json, so it is no training run's workdir; "
+                          f"{_SOURCES}")
+  directory = os.path.join(path, "checkpoints")
+  # Checked first: the Checkpointer would create a missing checkpoints/ in the source run.
+  if not os.path.isdir(directory) or not any(n.isdigit() for n in os.listdir(directory)):
+    raise PretrainedError(f"{path} has no checkpoint in checkpoints/; let that run save one, "
+                          "or give another run's workdir or an .npz file")
+  try:
+    config, params = checkpoint.load_run_params(path)
+  except Exception as e:  # Orbax/tensorstore/JSON errors come in many types
+    raise PretrainedError(f"{path}: its config.json or checkpoint cannot be read ({_reason(e)}); "
+                          "give another run's workdir or an .npz file") from None
+  try:
+    side = int(config["image_size"]) // int(config["model"]["patch_size"])
+  except (KeyError, TypeError, ValueError, ZeroDivisionError):
+    raise PretrainedError(f"{path}/config.json lacks image_size or model.patch_size; give a "
+                          "training run's workdir") from None
+  params = jax.tree.map(np.asarray, jax.device_get(layers.to_per_layer(params)))
+  return Pretrained(params, (side, side), path)
+
+
+def load(path: str) -> Pretrained:
+  """The parameters (and patch grid) of a run's workdir or an original-format `.npz` file."""
+  if not os.path.exists(path):
+    raise PretrainedError(f"init_from {path} does not exist; {_SOURCES}")
+  return _load_run(path) if os.path.isdir(path) else _load_npz(path)
+
