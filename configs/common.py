@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.momentum = 0.9
   c.moment_dtype = "float32"  # float32 | bfloat16: Adam's first moment / SGD's momentum
   c.loss = "softmax_xent"  # softmax_xent | sigmoid_xent
+  # A non-finite loss or gradient norm: "stop" the run (the last checkpoint stays) or "skip"
+  # the update and count it.
+  c.nonfinite = "stop"
   # Few-shot linear evaluation of the frozen features, run with every evaluation.
   c.fewshot = ml_collections.ConfigDict()
   c.fewshot.shots = ()  # k values, e.g. (1, 5, 10); empty: off

@@ -1,8 +1,11 @@
 """Command line: `python -m vit_jax.main --config configs/X.py --workdir DIR [--config.k=v ...]`.
 
 Multi-process launches add `--coordinator_address/--num_processes/--process_id` or are detected
-(docs/multihost.md). The only module that reads flags. Exit status: 0 finished, 2 bad input
-(nothing written).
+(docs/multihost.md). The only module that reads flags.
+
+Exit status: 0 finished; 1 no checkpoint of the run can be read; 2 bad input (nothing written);
+3 a non-finite loss or gradient norm (the last checkpoint stays); 75 stopped by SIGTERM/SIGINT
+after committing a checkpoint (run the same command to resume); 128+N a second signal N.
 """
 
 from __future__ import annotations
@@ -16,7 +19,12 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import ConfigDict, config_flags
 
+from vit_jax.train import preemption
+
+EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_NONFINITE = 3
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: schedulers may requeue the job
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/b16.py or configs/b16.py:gap.", lock_config=True)
@@ -69,6 +77,12 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv: Sequence[str]) -> None:
+  # From here on SIGTERM/SIGINT only ask the run to stop (after a step, with a checkpoint).
+  with preemption.StopRequest() as stop:
+    _main(argv, stop)
+
+
+def _main(argv: Sequence[str], stop: preemption.StopRequest) -> None:
   if len(argv) > 1:
     fail(f"unexpected arguments {' '.join(argv[1:])}; overrides look like --config.key=value")
   if _CONFIG.value is None or _WORKDIR.value is None:
@@ -83,9 +97,10 @@ def main(argv: Sequence[str]) -> None:
   absl_logging.set_verbosity(absl_logging.ERROR)
   import jax  # after flag parsing, so a usage error costs no JAX start-up
 
-  from vit_jax import configuration
+  from vit_jax import configuration, workdir_lock
   from vit_jax.data import pipeline
-  from vit_jax.train import loop, metrics, multihost
+  from vit_jax.io import pretrained
+  from vit_jax.train import checkpoint, loop, metrics, multihost
 
   try:
     multihost.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
@@ -104,7 +119,14 @@ def main(argv: Sequence[str]) -> None:
     configuration.validate(config, device_count=jax.device_count(),
                            process_count=jax.process_count(), backend=jax.default_backend())
     resuming = configuration.check_workdir(config, workdir)
-  except (configuration.ConfigError, pipeline.DatasetError) as e:
+    source = None
+    if config.init_from and not checkpoint.has_checkpoint(workdir):
+      source = pretrained.load(config.init_from)
+      try:
+        loop.check_initial_params(config, source)
+      except ValueError as e:
+        raise pretrained.PretrainedError(f"init_from {config.init_from}: {e}") from None
+  except (configuration.ConfigError, pipeline.DatasetError, pretrained.PretrainedError) as e:
     problem = str(e)
   # Every process learns whether any failed its checks, so all stop together (none waits at a
   # barrier for a process that has exited) and none writes.
@@ -112,16 +134,37 @@ def main(argv: Sequence[str]) -> None:
     fail(problem or "another process of this run failed its checks; see its error line")
 
   lead = jax.process_index() == 0
-  if lead:
-    os.makedirs(workdir, exist_ok=True)
-    if not resuming:
-      metrics.write_atomically(os.path.join(workdir, "config.json"), configuration.to_json(config))
+  if lead:  # the lock is held until this process exits
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      workdir_lock.WorkdirLock(workdir).acquire()
+      # Again under the lock: another run may have written the workdir since the first look.
+      resuming = configuration.check_workdir(config, workdir)
+    except OSError as e:
+      problem = f"cannot use workdir {workdir} ({e.strerror}); choose another --workdir"
+    except (workdir_lock.WorkdirLocked, configuration.ConfigError) as e:
+      problem = str(e)
+  if multihost.any_process(problem is not None):
+    fail(problem or "process 0 cannot use the workdir; see its error line")
+  if lead and not resuming:
+    metrics.write_atomically(os.path.join(workdir, "config.json"), configuration.to_json(config))
   multihost.barrier("vit_jax: workdir ready")
   logger = metrics.setup_logging(workdir, write=lead)
   logger.info("%s: %s, %d train / %d eval examples, %d steps of batch %d on %d devices",
               workdir, config.dataset, data.num_train, data.num_eval, config.total_steps,
               config.batch_size, jax.device_count())
-  row = loop.train(config, data, workdir)
+  try:
+    row = loop.train(config, data, workdir, stop, source)
+  except loop.Interrupted as e:
+    logger.info("Stopped by %s at step %d; %s. Run the same command to resume.", e.reason,
+                e.step, "its checkpoint is committed" if e.saved else "no new step to save")
+    sys.exit(EXIT_INTERRUPTED)
+  except loop.NonFiniteError as e:
+    logger.error("error: %s", e)
+    sys.exit(EXIT_NONFINITE)
+  except checkpoint.CheckpointError as e:
+    logger.error("error: %s", e)
+    sys.exit(EXIT_FAILED)
   if "eval/accuracy" in row:
     logger.info("Finished: eval/accuracy %.4f", row["eval/accuracy"])
 

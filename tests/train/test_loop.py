@@ -10,6 +10,7 @@ from vit_jax import configuration
 from vit_jax.data.pipeline import ArraySource, Feed
 from vit_jax.train import loop, sharding
 from vit_jax.train.checkpoint import Checkpointer
+from vit_jax.train.preemption import StopRequest
 
 
 def tiny_config(total_steps=6):
@@ -150,3 +151,110 @@ def test_scanned_run_saves_per_layer_checkpoints_and_matches_the_plain_run(tmp_p
   _, b = final_params(tmp_path / "mixed", config)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
+
+
+def with_batches(data, change):
+  """The same dataset with `change(batch_index, batch)` applied to each training batch."""
+
+  def batches(start):
+    for i, b in enumerate(data.train_batches(start), start):
+      yield change(i, b)
+
+  return data.__class__(data.num_classes, data.num_train, data.num_eval, batches,
+                        data.eval_batches)
+
+
+def nan_at(index):
+  def change(i, b):
+    return {**b, "image": b["image"] * np.float32("nan")} if i == index else b
+
+  return change
+
+
+def restore(workdir, step):
+  checkpoints = Checkpointer(str(workdir), 1, 3)
+  state = checkpoints.restore(None, step)
+  checkpoints.close()
+  return state
+
+
+def test_a_stop_request_saves_the_current_step_and_the_resumed_run_is_identical(tmp_path):
+  config = tiny_config()
+  config.checkpoint_every = 100  # only the stop and the end save
+  data = dataset(config)
+  loop.train(config, data, str(tmp_path / "a"))
+
+  stop = StopRequest()
+
+  def request_during_step_3(i, b):
+    if i == 2:  # batch 2 feeds step 3
+      stop.request("SIGTERM")
+    return b
+
+  with pytest.raises(loop.Interrupted) as stopped:
+    loop.train(config, with_batches(data, request_during_step_3), str(tmp_path / "b"), stop)
+  assert (stopped.value.step, stopped.value.saved) == (3, True)
+  assert Checkpointer(str(tmp_path / "b"), 1, 3).all_steps() == [3]
+  loop.train(config, data, str(tmp_path / "b"), StopRequest())
+  for x, y in zip(jax.tree.leaves(final_params(tmp_path / "a", config)),
+                  jax.tree.leaves(final_params(tmp_path / "b", config)), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_a_stop_requested_before_training_saves_nothing(tmp_path):
+  config = tiny_config()
+  stop = StopRequest()
+  stop.request("SIGINT")
+  with pytest.raises(loop.Interrupted) as stopped:
+    loop.train(config, dataset(config), str(tmp_path), stop)
+  assert (stopped.value.step, stopped.value.saved) == (0, False)
+  assert Checkpointer(str(tmp_path), 1, 3).all_steps() == []
+
+
+def test_a_nan_batch_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):
+  config = tiny_config()
+  config.checkpoint_every = 3
+  data = with_batches(dataset(config), nan_at(3))  # batch 3 feeds step 4
+  with pytest.raises(loop.NonFiniteError, match=r"^step 4 has a non-finite loss nan"):
+    loop.train(config, data, str(tmp_path))
+  assert Checkpointer(str(tmp_path), 1, 3).all_steps() == [3]
+  restored = restore(tmp_path, 3)
+  assert int(restored["step"]) == 3
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored["params"]))
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2, 3]  # nothing of the bad step is logged
+
+
+def test_skip_mode_skips_the_nan_update_and_counts_it(tmp_path, caplog):
+  config = tiny_config()
+  config.nonfinite, config.keep_checkpoints = "skip", 10
+  data = with_batches(dataset(config), nan_at(3))
+  with caplog.at_level("WARNING"):
+    loop.train(config, data, str(tmp_path))
+  assert "step 4: non-finite loss nan and gradient norm nan; update skipped (1 skipped)" in (
+      caplog.text)
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["train/skipped"] for r in rows] == [0, 0, 0, 1, 0, 0]
+  after_3, after_4 = (restore(tmp_path, step) for step in (3, 4))
+  assert int(after_4["step"]) == 4
+  for x, y in zip(jax.tree.leaves(after_3["params"]), jax.tree.leaves(after_4["params"]),
+                  strict=True):
+    np.testing.assert_array_equal(x, y)  # the skipped update changed nothing
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+  config = tiny_config()
+  data = dataset(config)
+  loop.train(config, data, str(tmp_path / "a"))
+  with pytest.raises(Killed):
+    loop.train(config, stop_after(data, 5), str(tmp_path / "b"))
+  newest = tmp_path / "b" / "checkpoints" / "5"
+  biggest = max((p for p in newest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
+  with caplog.at_level("WARNING"):
+    loop.train(config, data, str(tmp_path / "b"))
+  assert "Checkpoint 5 cannot be read" in caplog.text
+  assert (tmp_path / "b" / "damaged_checkpoints" / "5").is_dir()
+  for x, y in zip(jax.tree.leaves(final_params(tmp_path / "a", config)),
+                  jax.tree.leaves(final_params(tmp_path / "b", config)), strict=True):
+    np.testing.assert_array_equal(x, y)

@@ -1,9 +1,15 @@
-"""The training loop: initialise or resume, step, log, evaluate, checkpoint."""
+"""The training loop: initialise or resume, step, log, evaluate, checkpoint.
+
+It stops early in two ways, each an exception for the caller to turn into an exit status:
+`Interrupted` after a requested stop (the step's checkpoint is committed) and `NonFiniteError`
+when a loss or gradient norm is not finite (nothing of that step is saved).
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from typing import Any
 
@@ -15,11 +21,25 @@ from vit_jax.data.pipeline import Dataset
 from vit_jax.evaluate import fewshot
 from vit_jax.evaluate.classification import evaluate
 from vit_jax.io import layers, posemb_resize
+from vit_jax.io.pretrained import Pretrained
 from vit_jax.models.vit import VisionTransformer
 from vit_jax.train import multihost, optim, sharding
 from vit_jax.train import step as step_lib
-from vit_jax.train.checkpoint import Checkpointer, load_run_params
+from vit_jax.train.checkpoint import Checkpointer
 from vit_jax.train.metrics import LOGGER, MetricWriter
+from vit_jax.train.preemption import StopRequest
+
+
+class Interrupted(Exception):
+  """The run stopped on request at `step`; `saved`: a checkpoint of it was committed."""
+
+  def __init__(self, step: int, reason: str, saved: bool):
+    super().__init__(f"stopped by {reason} at step {step}")
+    self.step, self.reason, self.saved = step, reason, saved
+
+
+class NonFiniteError(Exception):
+  """A step produced a non-finite loss or gradient norm; its state was not saved."""
 
 
 def model_from_config(model: Any, num_classes: int) -> VisionTransformer:
@@ -47,20 +67,32 @@ def model_from_config(model: Any, num_classes: int) -> VisionTransformer:
 
 
 def _grid(config: Any) -> tuple[int, int]:
-  side = config["image_size"] // config["model"]["patch_size"]
+  side = config.image_size // config.model.patch_size
   return side, side
 
 
-def initial_params(config: Any, params: Any) -> Any:
-  """`params` replaced by those of the run `config.init_from`, adapted to this model's grid."""
-  logger = logging.getLogger(LOGGER)
-  source_config, source = load_run_params(config.init_from)
-  old, new = _grid(source_config), _grid(config)
-  adapted, fresh = posemb_resize.adapt_params(source, multihost.host_copy(params), old, new,
+def initial_params(config: Any, source: Pretrained, params: Any) -> Any:
+  """`params` (per-layer) replaced by those of `source`, adapted to this model's patch grid.
+
+  Raises ValueError naming a parameter that is missing or cannot be made to fit.
+  """
+  new = _grid(config)
+  old = source.grid or new
+  adapted, fresh = posemb_resize.adapt_params(source.params, params, old, new,
                                               config.posemb_resample)
-  logger.info("Initialised from %s (patch grid %dx%d -> %dx%d%s)", config.init_from, *old, *new,
-              f"; new {', '.join(fresh)}" if fresh else "")
+  logging.getLogger(LOGGER).info(
+      "Initialised from %s (patch grid %dx%d -> %dx%d%s)", source.source, *old, *new,
+      f"; new {', '.join(fresh)}" if fresh else "")
   return adapted
+
+
+def check_initial_params(config: Any, source: Pretrained) -> None:
+  """Raises ValueError when `source` cannot initialise the model of `config` (nothing is run)."""
+  abstract = jax.eval_shape(components(config)[3]).params
+  if config.model.get("scan_layers", False):
+    abstract = jax.eval_shape(layers.to_per_layer, abstract)
+  posemb_resize.adapt_params(source.params, abstract, source.grid or _grid(config),
+                             _grid(config), config.posemb_resample)
 
 
 def _fmt_eta(seconds: float | None) -> str:
@@ -112,8 +144,71 @@ class Placement:
     return sharding.global_batch(local, self.mesh)
 
 
-def train(config: Any, data: Dataset, workdir: str) -> dict[str, float]:
-  """Trains to `config.total_steps`, resuming from the newest checkpoint; returns the last row."""
+class _FiniteCheck:
+  """Checks each step's loss and gradient norm, one step late so the device is not waited for.
+
+  `nonfinite` = "stop" raises NonFiniteError; "skip" (the step already kept the old state)
+  logs the step and counts it in `skipped`.
+  """
+
+  def __init__(self, nonfinite: str, logger: logging.Logger):
+    self.skip, self.logger = nonfinite == "skip", logger
+    self.pending: tuple[int, dict[str, Any]] | None = None
+    self.skipped = 0
+
+  def push(self, step: int, metrics: dict[str, Any]) -> None:
+    """Checks the previous step, then holds this one."""
+    self.flush()
+    self.pending = (step, metrics)
+
+  def flush(self) -> None:
+    """Checks the held step now."""
+    if self.pending is None:
+      return
+    step, metrics = self.pending
+    self.pending = None
+    values = jax.device_get([metrics["train/loss"], metrics["train/grad_norm"]])
+    bad = [f"{name} {float(v)}" for name, v in zip(("loss", "gradient norm"), values,
+                                                          strict=True)
+           if not math.isfinite(v)]
+    if not bad:
+      return
+    if not self.skip:
+      raise NonFiniteError(
+          f"step {step} has a non-finite {' and '.join(bad)}; stopped, and nothing of this step "
+          "was saved (resume from the last checkpoint with a lower lr, or set "
+          "--config.nonfinite=skip to skip such updates)")
+    self.skipped += 1
+    self.logger.warning("step %d: non-finite %s; update skipped (%d skipped)", step,
+                        " and ".join(bad), self.skipped)
+
+
+def _restore_or_init(config: Any, where: Placement, init: Any, checkpoints: Checkpointer,
+                     source: Pretrained | None, logger: logging.Logger) -> tuple[int, Any]:
+  """(start step, state): the newest readable checkpoint, else fresh or `source`'s weights."""
+  restored = checkpoints.restore_readable(where.abstract_stored, logger)
+  if restored is not None:
+    start, stored = restored
+    logger.info("Resuming from step %d (checkpoint %s/%d)", start, checkpoints.directory, start)
+    return start, where.from_stored(stored)
+  state = init()
+  if source is not None:
+    stored = where.to_stored(state)
+    params = initial_params(config, source, multihost.host_copy(stored.params))
+    stored = step_lib.TrainState(step=stored.step, params=params, opt_state=stored.opt_state)
+    state = where.from_stored(jax.device_put(stored, where.stored))
+  logger.info("Starting at step 0 of %d", config.total_steps)
+  return 0, state
+
+
+def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = None,
+          source: Pretrained | None = None) -> dict[str, float]:
+  """Trains to `config.total_steps`, resuming from the newest checkpoint; returns the last row.
+
+  A run without a checkpoint starts from `source`'s parameters when given (`init_from`).
+  When `stop` records a request (a signal), the run saves a checkpoint after the current step,
+  waits for it to be committed and raises Interrupted.
+  """
   logger = logging.getLogger(LOGGER)
   lead = jax.process_index() == 0
   total = config.total_steps
@@ -123,30 +218,25 @@ def train(config: Any, data: Dataset, workdir: str) -> dict[str, float]:
   init = jax.jit(init_fn, out_shardings=where.state)
 
   checkpoints = Checkpointer(workdir, config.checkpoint_every, config.keep_checkpoints)
-  start = checkpoints.latest_step() or 0
-  if start >= total:  # before restoring anything or opening the writers
-    logger.info("Run already finished at step %d of %d", start, total)
+  latest = checkpoints.latest_step() or 0
+  if latest >= total:  # before restoring anything or opening the writers
+    logger.info("Run already finished at step %d of %d", latest, total)
     checkpoints.close()
     return {}
-  if start:
-    state = where.from_stored(checkpoints.restore(where.abstract_stored, start))
-    logger.info("Resuming from step %d (checkpoint %s/%d)", start, checkpoints.directory, start)
-  else:
-    state = init()
-    if config.init_from:
-      stored = where.to_stored(state)
-      params = initial_params(config, stored.params)
-      stored = step_lib.TrainState(step=stored.step, params=params, opt_state=stored.opt_state)
-      state = where.from_stored(jax.device_put(stored, where.stored))
-    logger.info("Starting at step 0 of %d", total)
+  try:
+    start, state = _restore_or_init(config, where, init, checkpoints, source, logger)
+  except BaseException:
+    checkpoints.close()
+    raise
   writer = MetricWriter(workdir, write=lead)
   writer.truncate_after(start)
 
+  nonfinite = config.get("nonfinite", "stop")
   state_sh, param_sh, repl = where.state, where.state.params, where.replicated
   train_step = jax.jit(
       step_lib.make_train_step(model, tx, schedule, loss=config.loss,
                                accum_steps=config.accum_steps, seed=config.seed,
-                               grad_shardings=param_sh),
+                               grad_shardings=param_sh, skip_nonfinite=nonfinite == "skip"),
       in_shardings=(state_sh, where.batch), out_shardings=(state_sh, repl), donate_argnums=0)
   eval_step = multihost.one_at_a_time(jax.jit(
       step_lib.make_eval_step(model, loss=config.loss), in_shardings=(param_sh, where.batch),
@@ -155,22 +245,34 @@ def train(config: Any, data: Dataset, workdir: str) -> dict[str, float]:
       fewshot.make_feature_step(model), in_shardings=(param_sh, where.batch),
       out_shardings=repl))
   place = where.place_batch
+  finite = _FiniteCheck(nonfinite, logger)
 
   batches = data.train_batches(start)
   progress = tqdm.tqdm(total=total, initial=start, disable=not lead, unit="step",
                        dynamic_ncols=True)
   row: dict[str, float] = {}
-  window_start, window_steps = None, 0
+  window_start, window_steps, window_skipped = None, 0, 0
   try:
+    if stop is not None and multihost.any_process(stop.signal_name is not None):
+      raise Interrupted(start, stop.signal_name or "another process's stop request", False)
     for step in range(start + 1, total + 1):
       state, metrics = train_step(state, place(next(batches)))
+      finite.push(step, metrics)
       if window_start is None:  # the first step includes compilation: time from its end
         jax.block_until_ready(metrics)
         window_start = time.perf_counter()
       else:
         window_steps += 1
       row = {}
-      if step % config.log_every == 0 or step == total:
+      log_now = step % config.log_every == 0 or step == total
+      eval_now = (config.eval_every > 0 and step % config.eval_every == 0) or step == total
+      save_now = checkpoints.due(step, force=step == total)
+      # A collective in multi-process runs: every process stops after the same step.
+      stop_now = stop is not None and step < total and multihost.any_process(
+          stop.signal_name is not None)
+      if log_now or eval_now or save_now or stop_now:
+        finite.flush()  # nothing non-finite is logged as a result, evaluated or saved
+      if log_now:
         row.update(jax.device_get(metrics))
         elapsed = time.perf_counter() - window_start
         img_per_sec = window_steps * config.batch_size / elapsed if window_steps else 0.0
@@ -178,11 +280,14 @@ def train(config: Any, data: Dataset, workdir: str) -> dict[str, float]:
         if img_per_sec:  # unknown until a step after the compiling one has been timed
           row["train/img_per_sec"] = img_per_sec
           eta = (total - step) * config.batch_size / img_per_sec
+        if finite.skip:
+          row["train/skipped"] = finite.skipped - window_skipped
+          window_skipped = finite.skipped
         progress.set_postfix(loss=f"{row['train/loss']:.4f}", img_s=f"{img_per_sec:.0f}")
         logger.info("step %d/%d  loss %.4f  lr %.3g  %.0f img/s  ETA %s", step, total,
                     row["train/loss"], row["train/lr"], img_per_sec, _fmt_eta(eta))
         window_start, window_steps = time.perf_counter(), 0
-      if (config.eval_every > 0 and step % config.eval_every == 0) or step == total:
+      if eval_now:
         result = evaluate(eval_step, state.params, data.eval_batches(), place)
         row.update({"eval/accuracy": result["accuracy"], "eval/loss": result["loss"]})
         logger.info("step %d/%d  eval accuracy %.4f  loss %.4f  (%d examples)", step, total,
@@ -195,9 +300,12 @@ def train(config: Any, data: Dataset, workdir: str) -> dict[str, float]:
         window_start, window_steps = time.perf_counter(), 0
       if row:
         writer.row(step, row)
-      if checkpoints.due(step, force=step == total):
+      if save_now or stop_now:
         checkpoints.save(step, where.to_stored(state), force=True)
       progress.update(1)
+      if stop_now:
+        raise Interrupted(step, stop.signal_name or "another process's stop request", True)
+    finite.flush()
   finally:
     progress.close()
     checkpoints.close()  # commits pending writes, also when interrupted

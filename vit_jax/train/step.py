@@ -59,12 +59,14 @@ def _split_micro(x: jax.Array, accum_steps: int) -> jax.Array:
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     *, loss: str, accum_steps: int, seed: int,
-                    grad_shardings: Any = None) -> Callable:
+                    grad_shardings: Any = None, skip_nonfinite: bool = False) -> Callable:
   """Returns step(state, batch) -> (state, metrics); accumulation happens inside the step.
 
   The batch is split into `accum_steps` micro-batches whose gradients are summed by a
   `lax.scan`, so memory holds one micro-batch's activations however many there are. The
   summed gradients are kept in `grad_shardings` (the parameters' placement) when given.
+  With `skip_nonfinite`, a step whose loss or gradient norm is not finite leaves the parameters
+  and optimizer state as they were (the step counter still advances).
   """
 
   def loss_fn(params, images, labels, rng):
@@ -93,11 +95,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
       (value, grads), _ = jax.lax.scan(
           micro, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(accum_steps), images, labels))
       value, grads = value / accum_steps, jax.tree.map(lambda g: g / accum_steps, grads)
+    grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                           opt_state=opt_state)
-    metrics = {"train/loss": value, "train/lr": schedule(state.step),
-               "train/grad_norm": optax.global_norm(grads)}
+    params = optax.apply_updates(state.params, updates)
+    if skip_nonfinite:
+      finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+      params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                       (params, opt_state), (state.params, state.opt_state))
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+    metrics = {"train/loss": value, "train/lr": schedule(state.step), "train/grad_norm": grad_norm}
     return new_state, metrics
 
   return step
