@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -134,12 +135,62 @@ BAD = {
     "config file missing": (["--config=configs/nofile.py"], "cannot load the config file"),
     "dataset not offline": (["--config.dataset=cifar10", "--config.download=False",
                              "--config.data_dir={tmp}/tfds"], "dataset 'cifar10' is not prepared"),
+    "unknown dataset": (["--config.dataset=no_such_dataset", "--config.download=False"],
+                        "dataset 'no_such_dataset' is not available offline"),
+    "unknown model name": (["--config=configs/b16.py", "--config.model.name=ViT-X/3"],
+                           "model.name 'ViT-X/3' is not a preset and model.patch_size is unset"),
+    "typo in a config file": (["--config={tmp}/typo.py"],
+                              "unknown config key 'batchsize'; did you mean 'batch_size'?"),
+    "wrong type in a config file": (["--config={tmp}/wrong_type.py"],
+                                    "lr must be a float, got str '0.001'"),
+    "wrong type for a section": (["--config={tmp}/no_mesh.py"],
+                                 "mesh must be a section of keys"),
+    "several problems at once": (["--config.lr=-1", "--config.seed=-2", "--config.adam_b2=1.5"],
+                                 "seed must be at least 0, got -2; lr must be positive, got -1.0; "
+                                 "adam_b2 must be in [0, 1), got 1.5"),
+    "keep no checkpoints": (["--config.keep_checkpoints=0"], "keep_checkpoints must be positive"),
+    "unknown nonfinite policy": (["--config.nonfinite=ignore"],
+                                 "nonfinite 'ignore' is not one of stop, skip"),
+    "warm-up beyond the run": (["--config.total_steps=5", "--config.warmup_steps=10"],
+                               "warmup_steps 10 is not below total_steps 5"),
+    "init_from not .npz": (["--config.init_from={tmp}/notes.txt"],
+                           "is neither a directory nor a .npz file"),
+    "init_from not a run": (["--config.init_from={tmp}/empty"],
+                            "has no config.json, so it is no training run's workdir"),
+    "init_from malformed .npz": (["--config.init_from={tmp}/garbage.npz"],
+                                 "garbage.npz is not an .npz archive"),
+    "init_from pickled .npz": (["--config.init_from={tmp}/pickled.npz"],
+                               "pickled.npz holds pickled object arrays, which are never loaded"),
+    "init_from other architecture": (["--config.init_from={tmp}/wide.npz"],
+                                     "in the checkpoint but (128,) in this model"),
+    "workdir inside a file": (["--workdir={tmp}/afile/run"], "cannot be created"),
 }
+
+
+def make_bad_inputs(tmp):
+  """The files some BAD cases point at."""
+  import numpy as np
+
+  for name, line in (("typo", "c.batchsize = 8"), ("wrong_type", "c.lr = '0.001'"),
+                     ("no_mesh", "c.mesh = None")):
+    (tmp / f"{name}.py").write_text(
+        "from configs import quickstart\n\n\ndef get_config():\n"
+        f"  c = quickstart.get_config()\n  {line}\n  return c\n")
+  (tmp / "notes.txt").write_text("not parameters\n")
+  (tmp / "empty").mkdir()
+  (tmp / "garbage.npz").write_bytes(os.urandom(1000))
+  np.savez(tmp / "pickled.npz", a=np.array([{"a": 1}], dtype=object))
+  # Parameters of a ViT 64 wide where the quickstart model is 128 wide.
+  np.savez(tmp / "wide.npz", **{"cls": np.zeros((1, 1, 64), np.float32),
+                                "Transformer/encoder_norm/scale": np.ones(64, np.float32),
+                                "Transformer/encoder_norm/bias": np.zeros(64, np.float32)})
+  (tmp / "afile").write_text("a file where the workdir's parent should be\n")
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_input_is_one_line_exit_2_and_no_workdir(tmp_path, case):
   args, message = BAD[case]
+  make_bad_inputs(tmp_path)
   result = cli("--workdir", str(tmp_path / "run"), *(a.format(tmp=tmp_path) for a in args))
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
@@ -188,3 +239,69 @@ def test_init_from_a_run_at_another_resolution(tmp_path):
   assert result.returncode == 0, result.stderr
   assert f"Initialised from {source} (patch grid 4x4 -> 8x8)" in result.stderr
   assert "eval/accuracy" in rows(tmp_path / "finetune")[-1]
+
+  # The same from the run's export in the original .npz format, whose grid is read off its
+  # position table.
+  exported = tmp_path / "source.npz"
+  export = subprocess.run([sys.executable, "-m", "vit_jax.io.npz", "--workdir", str(source),
+                           "--out", str(exported)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+  assert export.returncode == 0, export.stderr
+  result = cli("--workdir", str(tmp_path / "from_npz"), *TINY, "--config.total_steps=2",
+               "--config.image_size=56", f"--config.init_from={exported}")
+  assert result.returncode == 0, result.stderr
+  assert f"Initialised from {exported} (patch grid 4x4 -> 8x8)" in result.stderr
+
+
+def test_a_second_run_on_a_locked_workdir_is_refused_and_changes_nothing(tmp_path):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from vit_jax.workdir_lock import WorkdirLock; "
+       f"WorkdirLock({str(workdir)!r}).acquire(); print('locked', flush=True); time.sleep(120)"],
+      cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    before = snapshot(workdir)
+    # A fresh workdir's checks pass; only the lock stops this run.
+    result = cli("--workdir", str(workdir), *TINY, "--config.total_steps=3")
+  finally:
+    holder.kill()
+    holder.wait()
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2 and len(lines) == 1, result.stderr
+  assert lines[0] == (f"error: workdir {workdir} is in use by process {holder.pid} on "
+                      f"{os.uname().nodename}; wait for that run to finish or stop it, or choose "
+                      "another --workdir")
+  assert snapshot(workdir) == before
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_naming_the_step_and_keeps_its_last_checkpoint(tmp_path):
+  workdir = tmp_path / "run"
+  # A learning rate this large makes the loss non-finite within a few dozen steps.
+  result = cli("--workdir", str(workdir), *TINY, "--config.total_steps=200",
+               "--config.checkpoint_every=1", "--config.keep_checkpoints=2", "--config.lr=1e6",
+               "--config.grad_clip_norm=0", "--config.warmup_steps=0")
+  assert result.returncode == 3, result.stderr
+  error = result.stderr.strip().splitlines()[-1]
+  match = re.fullmatch(r"error: step (\d+) has a non-finite (loss|gradient norm) .*", error)
+  assert match, error
+  bad = int(match.group(1))
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps[-1] == bad - 1  # every step before the bad one was saved, the bad one not
+  from vit_jax.train.checkpoint import Checkpointer
+
+  checkpoints = Checkpointer(str(workdir), 1, 2)
+  state = checkpoints.restore(None, bad - 1)
+  checkpoints.close()
+  import numpy as np
+
+  assert int(state["step"]) == bad - 1
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax_leaves(state["params"]))
+
+
+def jax_leaves(tree):
+  import jax
+
+  return jax.tree.leaves(tree)

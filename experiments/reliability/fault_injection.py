@@ -3,14 +3,16 @@
   python experiments/reliability/fault_injection.py --signal KILL --kills 5 --out /tmp/fi
   python experiments/reliability/fault_injection.py --signal TERM --kills 5 --out /tmp/fi
 
-First an uninterrupted reference run, timed from the moment its training loop starts; then the
-same command in another workdir, sent the signal at `--kills` moments drawn uniformly from that
-training time (counted from the loop's start in each attempt), restarted after each, and left
-to finish. Passes when the final checkpoints (step, parameters, optimizer
-state) are bit-identical and the logged training losses agree. With SIGTERM it also checks
-that each stop exits with status 75 after committing a checkpoint of the step it names, and
-that no step the process reported as done is lost. Extra arguments go to `vit_jax.main`
-(e.g. `--config.total_steps=200`).
+First an uninterrupted reference run, timed from the moment its training loop starts; then
+the same command in another workdir, started `--kills` times and sent the signal each time at a
+moment drawn uniformly from [0, T / kills] after its training loop starts (T: the reference's
+training time, so every signal lands before the run could finish), then left to finish. Passes
+when the final checkpoints (step, parameters, optimizer state) are bit-identical and the logged
+training losses agree. With SIGTERM it also checks that each stop exits with status 75 after
+committing a checkpoint of the step it names, and that no step the process reported as done is
+lost. Extra arguments go to `vit_jax.main`
+(e.g. `--config.total_steps=200`). Runs for both signals may share one `--out`: the reference
+run is made once.
 """
 
 from __future__ import annotations
@@ -95,25 +97,32 @@ def run(config: str, out: Path, extra: list[str], sig: str, kills: int, seed: in
         say: Any = print) -> dict[str, Any]:
   """Runs the experiment; returns a report. Raises AssertionError when a check fails."""
   out.mkdir(parents=True, exist_ok=True)
-  reference, faulted = out / "reference", out / "faulted"
-  for workdir in (reference, faulted):
-    if workdir.exists():
-      raise SystemExit(f"error: {workdir} exists; give a new --out")
-  proc = launch(config, reference, extra, out / "reference.log")
-  setup = wait_for_training(proc, out / "reference.log")
-  start = time.perf_counter()
-  rc = finish(proc)
-  seconds = time.perf_counter() - start
-  assert rc == 0 and setup is not None, (
-      f"reference run failed with status {rc}; see {out / 'reference.log'}")
-  say(f"reference run: {setup:.1f} s to start, {seconds:.1f} s of training")
+  reference, faulted = out / "reference", out / f"faulted_{sig}"
+  if faulted.exists():
+    raise SystemExit(f"error: {faulted} exists; give a new --out")
+  timing = out / "reference.json"
+  if timing.exists():  # a finished reference run of the same command, shared by both signals
+    seconds = json.loads(timing.read_text())["training_seconds"]
+    say(f"reusing the reference run in {reference} ({seconds:.1f} s of training)")
+  else:
+    if reference.exists():
+      raise SystemExit(f"error: {reference} exists without {timing}; give a new --out")
+    proc = launch(config, reference, extra, out / "reference.log")
+    setup = wait_for_training(proc, out / "reference.log")
+    start = time.perf_counter()
+    rc = finish(proc)
+    seconds = time.perf_counter() - start
+    assert rc == 0 and setup is not None, (
+        f"reference run failed with status {rc}; see {out / 'reference.log'}")
+    timing.write_text(json.dumps({"setup_seconds": setup, "training_seconds": seconds}) + "\n")
+    say(f"reference run: {setup:.1f} s to start, {seconds:.1f} s of training")
 
   rng = random.Random(seed)
   events = []
   for i in range(kills):
-    log = out / f"faulted_{i}.log"
+    log = out / f"faulted_{sig}_{i}.log"
     proc = launch(config, faulted, extra, log)
-    moment = rng.uniform(0.0, seconds)
+    moment = rng.uniform(0.0, seconds / kills)
     if wait_for_training(proc, log) is None:
       raise AssertionError(f"attempt {i} exited with status {finish(proc)}; see {log}")
     try:
@@ -148,8 +157,9 @@ def run(config: str, out: Path, extra: list[str], sig: str, kills: int, seed: in
     say(f"attempt {i}: {event}")
     if steps and "Finished" in text:
       break
-  rc = finish(launch(config, faulted, extra, out / "faulted_final.log"))
-  assert rc == 0, f"final faulted run failed with status {rc}; see {out / 'faulted_final.log'}"
+  final_log = out / f"faulted_{sig}_final.log"
+  rc = finish(launch(config, faulted, extra, final_log))
+  assert rc == 0, f"final faulted run failed with status {rc}; see {final_log}"
 
   ref_step, ref = final_state(reference)
   got_step, got = final_state(faulted)

@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vit_jax.train.checkpoint import Checkpointer
 from vit_jax.train.step import TrainState
@@ -38,3 +39,23 @@ def test_forced_save_off_the_interval(tmp_path):
   assert ckpt.save(7, state(7), force=True)
   ckpt.close()
   assert Checkpointer(str(tmp_path), every=100, keep=3).latest_step() == 7
+
+
+def test_when_no_checkpoint_reads_nothing_is_moved_and_the_error_says_so(tmp_path):
+  import logging
+
+  from vit_jax.train.checkpoint import CheckpointError
+
+  saver = Checkpointer(str(tmp_path), 1, 5)
+  for step in (1, 2):
+    saver.save(step, {"w": np.full((4,), float(step), np.float32)}, force=True)
+  saver.close()
+  for meta in (tmp_path / "checkpoints").glob("*/default/_METADATA"):
+    meta.write_text("{")  # torn JSON
+  checkpoints = Checkpointer(str(tmp_path), 1, 5)
+  abstract = {"w": jax.ShapeDtypeStruct((4,), np.float32)}
+  with pytest.raises(CheckpointError, match=r"none of the checkpoints in .* \(2, 1\) can be read"):
+    checkpoints.restore_readable(abstract, logging.getLogger("test"))
+  checkpoints.close()
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
+  assert not (tmp_path / "damaged_checkpoints").exists()

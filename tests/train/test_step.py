@@ -98,3 +98,27 @@ def test_update_of_4_micro_batches_equals_the_full_batch_update_to_1e_5():
   norm = np.sqrt(sum(np.sum(a ** 2) for a in jax.tree.leaves(full)))
   assert norm > 0.1  # a real update, not a zero one
   assert diff / norm <= 1e-5
+
+
+def test_skip_nonfinite_keeps_parameters_and_optimizer_state_of_a_nan_batch():
+  model = VisionTransformer(**TINY)
+  cfg = ml_collections.ConfigDict(dict(optimizer="adam", grad_clip_norm=1.0, adam_b1=0.9,
+                                       adam_b2=0.999, weight_decay=0.0, momentum=0.9))
+  schedule = make_schedule(1e-3, 0, 100, "constant")
+  tx = make_optimizer(cfg, schedule)
+  state = init_state(model, tx, (8, 8, 1), seed=0)
+  bad = batch()
+  bad["image"][3] = np.nan
+  for skip in (True, False):
+    step = jax.jit(make_train_step(model, tx, schedule, loss="softmax_xent", accum_steps=2,
+                                   seed=0, skip_nonfinite=skip))
+    new, metrics = step(state, bad)
+    assert int(new.step) == 1 and np.isnan(float(metrics["train/loss"]))
+    leaves = jax.tree.leaves((new.params, new.opt_state))
+    if skip:
+      for x, y in zip(leaves, jax.tree.leaves((state.params, state.opt_state)), strict=True):
+        np.testing.assert_array_equal(x, y)
+    else:  # without the guard the NaN reaches the parameters
+      assert any(np.isnan(np.asarray(x)).any() for x in jax.tree.leaves(new.params))
+  good, _ = step(state, batch())
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(good.params))

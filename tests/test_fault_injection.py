@@ -1,0 +1,35 @@
+"""The fault-injection experiment in reduced form: a small model, three signals of each kind."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--config.total_steps=300", "--config.warmup_steps=1", "--config.batch_size=16",
+         "--config.log_every=10", "--config.eval_every=0", "--config.checkpoint_every=10",
+         "--config.model.hidden_size=32", "--config.model.num_layers=1",
+         "--config.model.num_heads=2", "--config.model.mlp_dim=32"]
+
+
+def load_experiment():
+  path = ROOT / "experiments" / "reliability" / "fault_injection.py"
+  spec = importlib.util.spec_from_file_location("fault_injection", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["KILL", "TERM"])
+def test_runs_killed_and_restarted_end_bit_identical_to_an_uninterrupted_run(tmp_path, sig):
+  experiment = load_experiment()
+  report = experiment.run("configs/quickstart.py", tmp_path, SMALL, sig, kills=3, seed=0,
+                          say=lambda *_: None)
+  assert report["identical"] and report["final_step"] == 300
+  signalled = [e for e in report["events"] if e["signal"] == sig]
+  assert len(signalled) >= 2, report["events"]  # most signals land before the run ends
+  if sig == "TERM":
+    stopped = [e for e in signalled if "stopped_at" in e]
+    assert stopped and all(e["status"] == 75 for e in stopped)
+    assert all(e["newest_checkpoint"] == e["stopped_at"] for e in stopped)
