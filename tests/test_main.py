@@ -305,3 +305,33 @@ def jax_leaves(tree):
   import jax
 
   return jax.tree.leaves(tree)
+
+
+@pytest.mark.slow
+def test_sigterm_in_a_distributed_run_saves_and_exits_75(tmp_path):
+  # jax.distributed.initialize starts a preemption service that takes SIGTERM for itself; the
+  # trainer's handler must still get it.
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  workdir = tmp_path / "run"
+  log = tmp_path / "log.txt"
+  with open(log, "w") as out:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vit_jax.main", "--config", "configs/quickstart.py", "--workdir",
+         str(workdir), *TINY, "--config.total_steps=100000", "--config.checkpoint_every=100000",
+         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=1", "--process_id=0"],
+        cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 240
+    while time.time() < deadline and "step 2/" not in log.read_text():
+      time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    status = proc.wait(timeout=120)
+  text = log.read_text()
+  assert status == 75, text[-2000:]
+  stopped = re.search(r"Stopped by SIGTERM at step (\d+); its checkpoint is committed", text)
+  assert stopped, text[-2000:]
+  saved = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+  assert saved == [int(stopped.group(1))]

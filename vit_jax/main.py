@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -77,12 +78,14 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv: Sequence[str]) -> None:
-  # From here on SIGTERM/SIGINT only ask the run to stop (after a step, with a checkpoint).
-  with preemption.StopRequest() as stop:
-    _main(argv, stop)
+  try:
+    _main(argv)
+  except KeyboardInterrupt:  # before training started: nothing to save
+    print("error: interrupted before training started; nothing was trained", file=sys.stderr)
+    sys.exit(128 + signal.SIGINT)
 
 
-def _main(argv: Sequence[str], stop: preemption.StopRequest) -> None:
+def _main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     fail(f"unexpected arguments {' '.join(argv[1:])}; overrides look like --config.key=value")
   if _CONFIG.value is None or _WORKDIR.value is None:
@@ -154,7 +157,10 @@ def _main(argv: Sequence[str], stop: preemption.StopRequest) -> None:
               workdir, config.dataset, data.num_train, data.num_eval, config.total_steps,
               config.batch_size, jax.device_count())
   try:
-    row = loop.train(config, data, workdir, stop, source)
+    # From here on SIGTERM/SIGINT only ask the run to stop (after a step, with a checkpoint).
+    # Installed after jax.distributed.initialize, whose preemption service takes SIGTERM.
+    with preemption.StopRequest() as stop:
+      row = loop.train(config, data, workdir, stop, source)
   except loop.Interrupted as e:
     logger.info("Stopped by %s at step %d; %s. Run the same command to resume.", e.reason,
                 e.step, "its checkpoint is committed" if e.saved else "no new step to save")

@@ -5,7 +5,8 @@ one per run) and optionally `get_tables()` (how results.md lays the runs out). E
 with `python -m vit_jax.main` in `DIR/runs/<name>`; runs already complete are skipped and a
 partly trained one resumes, so a killed sweep continues where it stopped. At the end (and with
 `--collect`) the final row of every run goes to `DIR/results.csv`, `DIR/results.md` and
-`DIR/results.png`. Exit status: 0 when every run finished, 1 when some failed, 2 for bad input.
+`DIR/results.png`. Exit status: 0 when every run finished, 1 when some failed, 2 for bad input,
+75 when a run was stopped by a signal (after its checkpoint; the same command continues).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from vit_jax import results
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 75  # a run stopped by SIGTERM/SIGINT after a checkpoint (vit_jax.main)
 
 
 def load_sweep(path: str) -> Any:
@@ -81,7 +83,17 @@ def run_all(config_path: str, workdir: str, runs: list[dict[str, Any]]) -> list[
                "--workdir", run_dir, *override_flags(overrides)]
     start = time.perf_counter()
     with open(os.path.join(workdir, "logs", f"{name}.txt"), "a") as log:
-      status = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+      child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+      try:
+        status = child.wait()
+      except KeyboardInterrupt:
+        # Ctrl-C in a terminal reaches the run too: it is saving a checkpoint; let it finish.
+        print(f"[{i}/{len(runs)}] {name}: interrupted; waiting for its checkpoint", flush=True)
+        status = child.wait()
+    if status == EXIT_INTERRUPTED:
+      print(f"[{i}/{len(runs)}] {name}: stopped by a signal after a checkpoint; run the same "
+            "sweep command to continue", flush=True)
+      raise SystemExit(EXIT_INTERRUPTED)
     seconds = time.perf_counter() - start
     row = final_row(run_dir)
     if status or row is None:

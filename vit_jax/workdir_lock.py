@@ -7,6 +7,7 @@ which the message for a refused second run repeats.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
@@ -30,7 +31,10 @@ class WorkdirLock:
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as e:
+      if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):  # no lock support on this file system
+        os.close(fd)
+        raise
       holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
       os.close(fd)
       raise WorkdirLocked(

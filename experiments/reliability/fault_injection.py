@@ -73,9 +73,10 @@ def final_state(workdir: Path) -> tuple[int, dict[str, np.ndarray]]:
   return step, {jax.tree_util.keystr(path): np.asarray(v) for path, v in leaves}
 
 
-def losses(workdir: Path) -> dict[int, float]:
+def losses(workdir: Path) -> list[tuple[int, float]]:
+  """(step, loss) of every logged row, in file order (a repeated step would show)."""
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+  return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
 
 
 def reported_steps(text: str) -> list[int]:

@@ -73,12 +73,16 @@ class Checkpointer:
     """
     damaged = []
     for step in reversed(self.all_steps()):
+      state, reason = None, ""
       try:
         state = self.restore(abstract_state, step)
       except Exception as e:  # Orbax and TensorStore raise many types for unreadable data
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         reason = reason.split(". See full TensorStore details")[0][:200]
-        log.warning("Checkpoint %d cannot be read (%s); trying the one before", step, reason)
+      # Every process moves on together, also when only one of them could not read its part.
+      if multihost.any_process(state is None):
+        log.warning("Checkpoint %d cannot be read (%s); trying the one before", step,
+                    reason or "another process could not read its part")
         damaged.append(step)
         continue
       if damaged:

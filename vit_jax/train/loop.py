@@ -287,6 +287,8 @@ def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = N
         logger.info("step %d/%d  loss %.4f  lr %.3g  %.0f img/s  ETA %s", step, total,
                     row["train/loss"], row["train/lr"], img_per_sec, _fmt_eta(eta))
         window_start, window_steps = time.perf_counter(), 0
+      if stop_now:  # written (asynchronously) before a possibly long evaluation
+        checkpoints.save(step, where.to_stored(state), force=True)
       if eval_now:
         result = evaluate(eval_step, state.params, data.eval_batches(), place)
         row.update({"eval/accuracy": result["accuracy"], "eval/loss": result["loss"]})
@@ -300,7 +302,7 @@ def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = N
         window_start, window_steps = time.perf_counter(), 0
       if row:
         writer.row(step, row)
-      if save_now or stop_now:
+      if save_now and not stop_now:
         checkpoints.save(step, where.to_stored(state), force=True)
       progress.update(1)
       if stop_now:

@@ -19,7 +19,9 @@ class StopRequest:
   """Records the first SIGTERM/SIGINT while active (a context manager); a second one exits.
 
   `signal_name` is None until a signal arrived. Handlers are installed only from the main
-  thread (Python allows no other) and the previous ones are restored on exit.
+  thread (Python allows no other), never over an ignored signal, and the previous ones are
+  restored on exit. Install them after `jax.distributed.initialize`, whose preemption service
+  replaces the SIGTERM handler.
   """
 
   def __init__(self) -> None:
@@ -29,6 +31,8 @@ class StopRequest:
   def __enter__(self) -> StopRequest:
     if threading.current_thread() is threading.main_thread():
       for sig in SIGNALS:
+        if signal.getsignal(sig) is signal.SIG_IGN:  # e.g. started in the background: keep it
+          continue
         self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
