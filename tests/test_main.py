@@ -137,7 +137,7 @@ BAD = {
                              "--config.data_dir={tmp}/tfds"], "dataset 'cifar10' is not prepared"),
     "unknown dataset": (["--config.dataset=no_such_dataset", "--config.download=False"],
                         "dataset 'no_such_dataset' is not available offline"),
-    "unknown model name": (["--config=configs/b16.py", "--config.model.name=ViT-X/3"],
+    "unknown model name": (["--config={tmp}/unknown_model.py"],
                            "model.name 'ViT-X/3' is not a preset and model.patch_size is unset"),
     "typo in a config file": (["--config={tmp}/typo.py"],
                               "unknown config key 'batchsize'; did you mean 'batch_size'?"),
@@ -176,6 +176,9 @@ def make_bad_inputs(tmp):
     (tmp / f"{name}.py").write_text(
         "from configs import quickstart\n\n\ndef get_config():\n"
         f"  c = quickstart.get_config()\n  {line}\n  return c\n")
+  (tmp / "unknown_model.py").write_text(
+      "from configs import b16\n\n\ndef get_config():\n  c = b16.get_config()\n"
+      "  c.model.name = 'ViT-X/3'\n  return c\n")
   (tmp / "notes.txt").write_text("not parameters\n")
   (tmp / "empty").mkdir()
   (tmp / "garbage.npz").write_bytes(os.urandom(1000))

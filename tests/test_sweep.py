@@ -71,10 +71,34 @@ def test_complete_runs_are_skipped_without_starting_a_process(tmp_path, monkeypa
   (done / "config.json").write_text('{"total_steps": 4}')
   (done / "metrics.jsonl").write_text('{"step": 2}\n{"step": 4, "eval/accuracy": 0.5}\n')
   started = []
-  monkeypatch.setattr(sweep.subprocess, "call", lambda cmd, **kw: started.append(cmd) or 1)
+  monkeypatch.setattr(sweep.subprocess, "Popen", fake_popen(started, 1))
   failed = sweep.run_all("cfg.py", str(tmp_path), runs)
   assert len(started) == 1 and "--config.model.posemb=learn1d" in started[0]
   assert failed == [sweep.run_name(runs[1])]
+
+
+def fake_popen(started, status):
+  """A stand-in for subprocess.Popen whose process exits at once with `status`."""
+
+  class Process:
+    def __init__(self, cmd, **kwargs):
+      started.append(cmd)
+
+    def wait(self):
+      return status
+
+  return Process
+
+
+def test_a_run_stopped_by_a_signal_stops_the_sweep_with_its_status(tmp_path, monkeypatch,
+                                                                    capsys):
+  runs = [{"model.posemb": "none", "seed": 0}, {"model.posemb": "learn1d", "seed": 0}]
+  started = []
+  monkeypatch.setattr(sweep.subprocess, "Popen", fake_popen(started, 75))
+  with pytest.raises(SystemExit) as stopped:
+    sweep.run_all("cfg.py", str(tmp_path), runs)
+  assert stopped.value.code == 75 and len(started) == 1  # the second run is not started
+  assert "stopped by a signal after a checkpoint" in capsys.readouterr().out
 
 
 def test_unfinished_run_is_not_complete(tmp_path):
