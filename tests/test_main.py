@@ -119,9 +119,10 @@ BAD = {
     "bad value": (["--config.batch_size=abc"], "--config.batch_size=abc: invalid literal for int"),
     "negative seed": (["--config.seed=-1"], "seed must be at least 0, got -1"),
     "dropout range": (["--config.model.dropout=1.5"], "model.dropout must be in [0, 1)"),
-    "unknown posemb": (["--config.model.posemb=fancy"], "unknown position embedding 'fancy'"),
+    "unknown posemb": (["--config.model.posemb=fancy"],
+                       "model.posemb: unknown position embedding 'fancy'"),
     "unknown posemb mode": (["--config.model.posemb_mode=sometimes"],
-                            "unknown position-embedding mode 'sometimes'"),
+                            "model.posemb_mode: unknown position-embedding mode 'sometimes'"),
     "mode not for kind": (["--config.model.posemb=relative",
                            "--config.model.posemb_mode=every_layer"],
                           "posemb_mode 'every_layer' does not apply to posemb 'relative'"),
@@ -142,7 +143,10 @@ BAD = {
     "typo in a config file": (["--config={tmp}/typo.py"],
                               "unknown config key 'batchsize'; did you mean 'batch_size'?"),
     "wrong type in a config file": (["--config={tmp}/wrong_type.py"],
-                                    "lr must be a float, got str '0.001'"),
+                                    "Could not override field 'lr' (reference). 0.001 is of "
+                                    "original type <class 'str'> and cannot be casted"),
+    "wrong type inside a section": (["--config={tmp}/fewshot_letters.py"],
+                                    "fewshot.shots must be a tuple of ints, got tuple ('a',)"),
     "wrong type for a section": (["--config={tmp}/no_mesh.py"],
                                  "mesh must be a section of keys"),
     "several problems at once": (["--config.lr=-1", "--config.seed=-2", "--config.adam_b2=1.5"],
@@ -172,10 +176,13 @@ def make_bad_inputs(tmp):
   import numpy as np
 
   for name, line in (("typo", "c.batchsize = 8"), ("wrong_type", "c.lr = '0.001'"),
-                     ("no_mesh", "c.mesh = None")):
+                     ("no_mesh", "c.mesh = None"),
+                     # A section built from a dict takes whatever types it is given.
+                     ("fewshot_letters", "c.fewshot = ConfigDict(dict(shots=('a',), draws=5, "
+                                         "pool=2000, l2=1.0))")):
     (tmp / f"{name}.py").write_text(
-        "from configs import quickstart\n\n\ndef get_config():\n"
-        f"  c = quickstart.get_config()\n  {line}\n  return c\n")
+        "from ml_collections import ConfigDict\n\nfrom configs import quickstart\n\n\n"
+        f"def get_config():\n  c = quickstart.get_config()\n  {line}\n  return c\n")
   (tmp / "unknown_model.py").write_text(
       "from configs import b16\n\n\ndef get_config():\n  c = b16.get_config()\n"
       "  c.model.name = 'ViT-X/3'\n  return c\n")
