@@ -124,11 +124,7 @@ def _relations(v: dict[str, Any], device_count: int, process_count: int,
   if have("model.posemb", "model.posemb_mode"):  # width 0 (unknown) passes the width check
     model.append(posemb.check(v["model.posemb"], v["model.posemb_mode"],
                               v.get("model.hidden_size") or 0))
-  # posemb.check names no key when the kind or mode is unknown: say which one.
-  unknown = {"unknown position embedding": "posemb: ", "unknown position-embedding mode":
-             "posemb_mode: "}
-  problems += [f"model.{next((k for u, k in unknown.items() if p.startswith(u)), '')}{p}"
-               for p in model if p]
+  problems += [f"model.{p}" for p in model if p]
   if v.get("init_from"):
     problems.append(_init_from_problem(v["init_from"]))
   return [p for p in problems if p]

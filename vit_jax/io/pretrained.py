@@ -19,6 +19,7 @@ import numpy as np
 
 from vit_jax.io import layers, npz
 from vit_jax.train import checkpoint
+from vit_jax.train.checkpoint import error_reason
 
 Grid = tuple[int, int]
 _SOURCES = "give a training run's workdir or an original-format .npz file"
@@ -35,12 +36,6 @@ class Pretrained:
   params: dict  # nested per-layer parameters, host numpy arrays
   grid: Grid | None  # the source's patch grid (gh, gw); None without a grid-dependent table
   source: str  # the path, for log messages
-
-
-def _reason(error: BaseException) -> str:
-  """The first line of an exception's message, at most 200 characters (else its type name)."""
-  lines = str(error).strip().splitlines() or [type(error).__name__]
-  return lines[0].split(". See full TensorStore details")[0][:200]
 
 
 def _table_grid(path: str, key: str, flat: Mapping[str, np.ndarray], prefix: int) -> Grid:
@@ -97,9 +92,9 @@ def _load_npz(path: str) -> Pretrained:
     if "allow_pickle" in str(e):
       raise PretrainedError(f"{path} holds pickled object arrays, which are never loaded; save "
                             "the parameters as numeric arrays (vit_jax.io.npz.save)") from None
-    raise PretrainedError(f"{path} cannot be read ({_reason(e)}); {_SOURCES}") from None
+    raise PretrainedError(f"{path} cannot be read ({error_reason(e)}); {_SOURCES}") from None
   except (OSError, EOFError, zipfile.BadZipFile) as e:
-    raise PretrainedError(f"{path} cannot be read ({_reason(e)}); {_SOURCES}") from None
+    raise PretrainedError(f"{path} cannot be read ({error_reason(e)}); {_SOURCES}") from None
   flat = npz.flatten(params)
   if not flat:
     raise PretrainedError(f"{path} holds no arrays; {_SOURCES}")
@@ -113,16 +108,15 @@ def _load_run(path: str) -> Pretrained:
   if not os.path.isfile(os.path.join(path, "config.json")):
     raise PretrainedError(f"{path} has no config.json, so it is no training run's workdir; "
                           f"{_SOURCES}")
-  directory = os.path.join(path, "checkpoints")
-  # Checked first: the Checkpointer would create a missing checkpoints/ in the source run.
-  if not os.path.isdir(directory) or not any(n.isdigit() for n in os.listdir(directory)):
+  if not checkpoint.has_checkpoint(path):
     raise PretrainedError(f"{path} has no checkpoint in checkpoints/; let that run save one, "
                           "or give another run's workdir or an .npz file")
   try:
     config, params = checkpoint.load_run_params(path)
   except Exception as e:  # Orbax/tensorstore/JSON errors come in many types
-    raise PretrainedError(f"{path}: its config.json or checkpoint cannot be read ({_reason(e)}); "
-                          "give another run's workdir or an .npz file") from None
+    raise PretrainedError(f"{path}: its config.json or checkpoint cannot be read "
+                          f"({error_reason(e)}); give another run's workdir or an .npz file"
+                          ) from None
   try:
     side = int(config["image_size"]) // int(config["model"]["patch_size"])
   except (KeyError, TypeError, ValueError, ZeroDivisionError):

@@ -43,9 +43,10 @@ def applicable_modes(kind: str) -> tuple[str, ...]:
 def check(kind: str, mode: str, width: int) -> str | None:
   """Returns a one-line description of what is wrong with (kind, mode, width), or None."""
   if kind not in KINDS:
-    return f"unknown position embedding '{kind}'; choose one of: {', '.join(KINDS)}"
+    return f"posemb: unknown position embedding '{kind}'; choose one of: {', '.join(KINDS)}"
   if mode not in MODES:
-    return f"unknown position-embedding mode '{mode}'; choose one of: {', '.join(MODES)}"
+    return (f"posemb_mode: unknown position-embedding mode '{mode}'; choose one of: "
+            f"{', '.join(MODES)}")
   if mode not in applicable_modes(kind):
     why = {"none": "nothing is added", "relative": "it biases the attention of every layer",
            "sincos1d": "a fixed table has nothing to share", "sincos2d": "a fixed table has "

@@ -35,6 +35,12 @@ def _use_client_barriers() -> None:
     flags.FLAGS[name].value = True
 
 
+def error_reason(error: BaseException) -> str:
+  """The first line of an exception's message (Orbax/TensorStore detail cut), at most 200 chars."""
+  lines = str(error).strip().splitlines() or [type(error).__name__]
+  return lines[0].split(". See full TensorStore details")[0][:200]
+
+
 class CheckpointError(ValueError):
   """No checkpoint of a run can be read."""
 
@@ -77,8 +83,7 @@ class Checkpointer:
       try:
         state = self.restore(abstract_state, step)
       except Exception as e:  # Orbax and TensorStore raise many types for unreadable data
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        reason = reason.split(". See full TensorStore details")[0][:200]
+        reason = error_reason(e)
       # Every process moves on together, also when only one of them could not read its part.
       if multihost.any_process(state is None):
         log.warning("Checkpoint %d cannot be read (%s); trying the one before", step,
