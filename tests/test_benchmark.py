@@ -10,6 +10,7 @@ SMALL = ["--model", "ViT-Ti/16", "--image_size", "32", "--num_classes", "10", "-
          "--warmup", "1", "--steps", "2", "--timm", "off"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["train", "infer"])
 def test_benchmark_reports_consistent_figures(tmp_path, capsys, mode):
   out = tmp_path / "result.json"
@@ -24,6 +25,7 @@ def test_benchmark_reports_consistent_figures(tmp_path, capsys, mode):
   assert result["planned_memory_bytes"] > 0
 
 
+@pytest.mark.slow
 def test_accumulation_plans_memory_for_one_micro_batch(tmp_path):
   planned = {}
   for accum in (1, 8):
@@ -37,13 +39,13 @@ def test_accumulation_plans_memory_for_one_micro_batch(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--model", "ViT-Z/3"], "error: unknown model 'ViT-Z/3'"),
+    (["--model", "ViT-Z/3"], "error: --model 'ViT-Z/3' is not a registered model"),
     (["--batch", "7"], "--batch 7 must be a multiple of --accum_steps x devices = 1 x 8"),
     (["--batch", "16", "--accum_steps", "3"], "must be a multiple of --accum_steps x devices"),
     (["--batch", "0"], "--batch must be positive, got 0"),
     (["--num_classes", "0"], "--num_classes must be positive, got 0"),
     (["--fsdp", "3"], "--fsdp 3 does not divide the 8 devices"),
-    (["--image_size", "30"], "--image_size 30 is not a multiple of the patch size 16"),
+    (["--image_size", "30"], "--image_size 30 is not divisible by model.patch_size 16"),
     (["--attention", "foo"], "--attention 'foo' is not one of"),
     (["--attention", "cudnn"], "--attention 'cudnn' needs a GPU"),
     (["--remat", "most"], "--remat 'most' is not one of"),
@@ -65,8 +67,9 @@ def test_known_peaks_and_unknown_devices():
   assert hardware.peak_tflops("cpu", "float32") is None
 
 
+@pytest.mark.slow
 def test_timm_comparison_is_skipped_with_its_reason_when_unavailable(monkeypatch):
-  assert "no counterpart" in timm_side.unavailable_reason("ViT-quickstart/7")
+  assert "no counterpart" in timm_side.unavailable_reason("ViT-custom")
   monkeypatch.setitem(__import__("sys").modules, "timm", None)  # import timm now fails
   assert "torch/timm not importable" in timm_side.unavailable_reason("ViT-Ti/16")
   with pytest.raises(SystemExit, match="--timm=on but torch/timm not importable"):

@@ -6,7 +6,7 @@ import ml_collections
 import pytest
 
 from configs import b16, quickstart
-from vit_jax import configuration
+from vit_jax import config_schema, configuration
 from vit_jax.configuration import ConfigError
 
 
@@ -26,11 +26,21 @@ def test_preset_fills_the_architecture_and_explicit_values_win():
   assert resolved(c).model.hidden_size == 1024
 
 
-def test_custom_name_needs_every_size():
+def test_a_name_must_be_registered_and_a_custom_one_needs_every_size():
   c = b16.get_config()
-  c.model.name = "mine"
-  with pytest.raises(ConfigError, match="not a preset"):
+  c.model.name = "ViT-B/61"
+  with pytest.raises(ConfigError, match="model.name 'ViT-B/61' is not a registered model; did "
+                                        "you mean ViT-B/16"):
     resolved(c)
+  c.model.update(name="ViT-custom", patch_size=8)
+  with pytest.raises(ConfigError, match="is a custom size, so set model.hidden_size"):
+    resolved(c)
+  # A misspelt name is refused even when every size is set (as the quickstart config does).
+  q = quickstart.get_config()
+  assert resolved(q).model.hidden_size == 128
+  q.model.name = "ViT-Q/99"
+  with pytest.raises(ConfigError, match="not a registered model"):
+    resolved(q)
 
 
 def test_b16_has_the_paper_recipe():
@@ -180,23 +190,37 @@ def test_every_problem_is_reported_in_one_error():
   assert "model.hidden_size 128 is not divisible" not in text  # num_heads failed: not divided by
 
 
-def test_nonsense_of_any_type_gives_config_errors_only():
+def test_nonsense_of_any_type_gives_config_errors_naming_the_key():
   base = resolved(quickstart.get_config())
-  keys = [k for k in base.to_dict() if k not in ("model", "fewshot", "mesh")]
-  keys += [f"{s}.{k}" for s in ("model", "fewshot", "mesh") for k in base.to_dict()[s]]
-  keys += ["model", "fewshot", "mesh"]
+  sections = ("model", "fewshot", "mesh")
+  keys = [k for k in base.to_dict() if k not in sections]
+  keys += [f"{s}.{k}" for s in sections for k in base.to_dict()[s]]
   junk = ["4", 3.5, True, None, ("a",), [], {}, float("inf"), -1, 0, (0, 5), "", "cudnn"]
-  for key in keys:
+  refused = 0
+  for key in [*keys, *sections]:
     for value in junk:
       c = changed({key: value}, base)
       try:
         configuration.validate(c, device_count=8, backend="gpu")
-      except ConfigError:
-        pass
+        text = ""
+      except ConfigError as e:
+        text = str(e)
+      own = None
+      if key not in sections:  # the value as the config holds it (a dict becomes a ConfigDict)
+        own = config_schema.check_value(key, config_schema.SCHEMA[key],
+                                        config_schema.read(c)[0][key])
+      if key in sections:  # not a section, or an empty one that lacks every key
+        assert f"{key} must be a section of keys" in text or f"'{key}." in text, (key, value)
+      elif own:  # what is wrong with the value on its own is reported, as the schema words it
+        assert own in text, (key, value, text)
+      else:  # a value fine on its own may still clash with another key: then it is named
+        assert not text or key in text or key.split(".")[-1] in text, (key, value, text)
+      refused += bool(text)
       try:
         configuration.resolve_model(c)
-      except ConfigError:
-        pass
+      except ConfigError as e:
+        assert "model" in str(e), (key, value)
+  assert refused > len(keys) * len(junk) // 2
 
 
 def test_resolve_model_names_a_wrongly_typed_name():

@@ -18,13 +18,15 @@ import ml_collections
 
 from vit_jax.data import preprocess
 from vit_jax.io import posemb_resize
+from vit_jax.models import registry
 from vit_jax.models.vit import POOLS
 from vit_jax.train import optim, step
 
 INT, FLOAT, STR, BOOL, INTS = "int", "float", "str", "bool", "ints"
 # Rules on a value alone; a tuple of choices is a rule too.
 POSITIVE, AT_LEAST_0, UNIT, NOT_EMPTY = "positive", "at least 0", "in [0, 1)", "not empty"
-ARCH_KEYS = ("patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim")
+# The size fields of every family (filled from a preset when unset).
+ARCH_KEYS = tuple(dict.fromkeys(key for f in registry.FAMILIES for key in f.arch_keys))
 DTYPES = ("float32", "bfloat16", "float16")
 NONFINITE = ("stop", "skip")  # what a non-finite loss or gradient norm does
 
@@ -87,7 +89,7 @@ SCHEMA: dict[str, Field] = {
     "checkpoint_every": Field(INT, POSITIVE),
     "keep_checkpoints": Field(INT, POSITIVE),
     # Model.
-    "model.name": Field(STR, see="a preset name, or every model.<size> set"),
+    "model.name": Field(STR, see="a registered preset, or a custom name with every size set"),
     **{f"model.{key}": Field(INT, POSITIVE, optional=True) for key in ARCH_KEYS},
     "model.posemb": Field(STR, see="posemb.check"),
     "model.posemb_mode": Field(STR, see="posemb.check"),

@@ -16,10 +16,8 @@ from typing import Any
 import ml_collections
 
 from vit_jax import config_schema
-from vit_jax.config_schema import ARCH_KEYS, SCHEMA
-from vit_jax.models import attention, posemb
-from vit_jax.models.presets import PRESETS
-from vit_jax.models.vit import check_memory_options
+from vit_jax.config_schema import SCHEMA
+from vit_jax.models import registry
 from vit_jax.train import sharding
 
 
@@ -28,24 +26,24 @@ class ConfigError(ValueError):
 
 
 def resolve_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Returns an unlocked copy with the model's architecture filled in from its preset."""
+  """Returns an unlocked copy with the model's size fields filled in from its preset.
+
+  `model.name` must be a registered preset or a family's custom name (`ViT-custom`) with every
+  size field set; anything else is a ConfigError naming the closest presets.
+  """
   config = ml_collections.ConfigDict(config.to_dict())
   model = config.get("model")
   if not isinstance(model, ml_collections.ConfigDict):
     raise ConfigError(f"model must be a section of keys (configs/models.py's model_config()), "
                       f"got {config_schema.show(model)}")
-  missing = [k for k in ARCH_KEYS if model.get(k) is None]
-  if not missing:
-    return config
   name = model.get("name")
-  fix = f"use one of {', '.join(PRESETS)} or set model.{', model.'.join(missing)}"
   if not isinstance(name, str):
-    raise ConfigError(f"model.name must be a string, got {config_schema.show(name)}; {fix}")
-  preset = PRESETS.get(name)
-  if preset is None:
-    raise ConfigError(f"model.name '{name}' is not a preset and model.{missing[0]} is unset; {fix}")
-  for key in missing:
-    model[key] = getattr(preset, key)
+    raise ConfigError(f"model.name must be a string, got {config_schema.show(name)}; use a "
+                      "preset such as ViT-B/16 (python -m vit_jax.models lists them)")
+  try:
+    model.update(registry.arch_values(model))
+  except registry.ModelNameError as e:
+    raise ConfigError(str(e)) from None
   return config
 
 
@@ -87,14 +85,6 @@ def _relations(v: dict[str, Any], device_count: int, process_count: int,
     return all(v.get(key) is not None for key in keys)
 
   problems = []
-  if have("image_size", "model.patch_size"):
-    p, size = v["model.patch_size"], v["image_size"]
-    if size % p:
-      problems.append(f"image_size {size} is not divisible by model.patch_size {p}; use a "
-                      f"multiple of {p} such as {max(1, round(size / p)) * p}")
-  if have("model.hidden_size", "model.num_heads") and v["model.hidden_size"] % v["model.num_heads"]:
-    problems.append(f"model.hidden_size {v['model.hidden_size']} is not divisible by "
-                    f"model.num_heads {v['model.num_heads']}")
   if have("batch_size", "accum_steps"):
     b, a = v["batch_size"], v["accum_steps"]
     if b % a:
@@ -113,18 +103,7 @@ def _relations(v: dict[str, Any], device_count: int, process_count: int,
       sharding.mesh_shape(v["mesh.data"], v["mesh.fsdp"], device_count)
     except ValueError as e:
       problems.append(str(e))
-  model = []  # the model's own checks name keys without the "model." prefix
-  if have("model.attention", "model.attention_dropout"):
-    model.append(attention.check(
-        v["model.attention"], v["model.attention_dropout"], backend=backend,
-        dtype=v.get("model.dtype"), relative=v.get("model.posemb") == "relative"))
-  if have("model.remat", "model.scan_layers"):  # a bad posemb_mode is reported by posemb.check
-    model.append(check_memory_options(v["model.remat"], v["model.scan_layers"],
-                                      v.get("model.posemb_mode") or "stem"))
-  if have("model.posemb", "model.posemb_mode"):  # width 0 (unknown) passes the width check
-    model.append(posemb.check(v["model.posemb"], v["model.posemb_mode"],
-                              v.get("model.hidden_size") or 0))
-  problems += [f"model.{p}" for p in model if p]
+  problems += registry.check(v, backend)
   if v.get("init_from"):
     problems.append(_init_from_problem(v["init_from"]))
   return [p for p in problems if p]

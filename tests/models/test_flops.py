@@ -2,15 +2,13 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from vit_jax.models import flops
-from vit_jax.models.presets import PRESETS
-from vit_jax.models.vit import VisionTransformer
+from vit_jax.models import flops, registry
 
 
 def shape(name, image=224, classes=1000):
-  a = PRESETS[name]
-  return dict(image_size=(image, image), patch_size=a.patch_size, channels=3,
-              hidden_size=a.hidden_size, num_layers=a.num_layers, mlp_dim=a.mlp_dim,
+  a = registry.section(name)
+  return dict(image_size=(image, image), patch_size=a["patch_size"], channels=3,
+              hidden_size=a["hidden_size"], num_layers=a["num_layers"], mlp_dim=a["mlp_dim"],
               num_classes=classes)
 
 
@@ -21,9 +19,7 @@ def test_forward_cost_matches_the_published_multiply_adds(name, gmacs):
 
 
 def test_matmul_count_is_just_below_xlas_count_of_every_operation():
-  a = PRESETS["ViT-Ti/16"]
-  model = VisionTransformer(num_classes=1000, patch_size=a.patch_size, hidden_size=a.hidden_size,
-                            num_layers=a.num_layers, num_heads=a.num_heads, mlp_dim=a.mlp_dim)
+  model = registry.build(registry.section("ViT-Ti/16", attention="plain"), 1000)
   images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
   params = jax.eval_shape(model.init, jax.random.key(0), images)
   xla = jax.jit(model.apply).lower(params, images).cost_analysis()["flops"]

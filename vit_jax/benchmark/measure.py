@@ -7,13 +7,10 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vit_jax.models import attention, flops
-from vit_jax.models.presets import PRESETS
-from vit_jax.models.vit import VisionTransformer, check_memory_options
+from vit_jax.models import registry
 from vit_jax.train import optim, sharding
 from vit_jax.train import step as step_lib
 
@@ -36,10 +33,20 @@ class Setup:
   moment_dtype: str = "float32"
 
 
+# The benchmark's flags for the config keys that the model's checks name.
+_FLAGS = {"model.name": "--model", "model.attention": "--attention", "model.remat": "--remat",
+          "model.scan_layers": "--scan_layers", "model.dtype": "--dtype",
+          "image_size": "--image_size"}
+
+
+def model_section(setup: Setup) -> dict[str, Any]:
+  """The `config.model` section of the measured model (vit_jax.models.registry)."""
+  return registry.section(setup.model, attention=setup.attention, remat=setup.remat,
+                          scan_layers=setup.scan_layers, dtype=setup.dtype)
+
+
 def check(setup: Setup, device_count: int) -> str | None:
   """Why this setup cannot be measured, naming the command-line flag (None when it can)."""
-  if setup.model not in PRESETS:
-    return f"unknown model '{setup.model}'; choose one of {', '.join(PRESETS)}"
   if setup.mode not in ("train", "infer"):
     return f"unknown mode '{setup.mode}'; choose train or infer"
   for flag, value in (("--batch", setup.batch), ("--accum_steps", setup.accum_steps),
@@ -47,39 +54,33 @@ def check(setup: Setup, device_count: int) -> str | None:
                       ("--fsdp", setup.fsdp)):
     if value <= 0:
       return f"{flag} must be positive, got {value}"
-  patch = PRESETS[setup.model].patch_size
-  if setup.image_size % patch:
-    return f"--image_size {setup.image_size} is not a multiple of the patch size {patch}"
   if setup.batch % setup.accum_steps or (setup.batch // setup.accum_steps) % device_count:
     return (f"--batch {setup.batch} must be a multiple of --accum_steps x devices = "
             f"{setup.accum_steps} x {device_count}")
   if device_count % setup.fsdp:
     return f"--fsdp {setup.fsdp} does not divide the {device_count} devices"
-  problem = attention.check(setup.attention, 0.0, backend=jax.default_backend(),
-                            dtype=setup.dtype) or check_memory_options(
-                                setup.remat, setup.scan_layers, "stem")
-  return f"--{problem}" if problem else None
-
-
-def build_model(setup: Setup) -> VisionTransformer:
-  """The preset ViT at the setup's dtype and memory options."""
-  if setup.model not in PRESETS:
-    raise ValueError(f"unknown model '{setup.model}'; choose one of {', '.join(PRESETS)}")
-  arch = PRESETS[setup.model]
-  return VisionTransformer(num_classes=setup.num_classes, patch_size=arch.patch_size,
-                           hidden_size=arch.hidden_size, num_layers=arch.num_layers,
-                           num_heads=arch.num_heads, mlp_dim=arch.mlp_dim,
-                           attention=setup.attention, remat=setup.remat,
-                           scan_layers=setup.scan_layers, dtype=jnp.dtype(setup.dtype))
+  try:
+    model = model_section(setup)
+  except registry.ModelNameError as e:
+    return str(e).replace("model.name", "--model", 1)
+  values = {"image_size": setup.image_size, **{f"model.{k}": v for k, v in model.items()}}
+  problems = registry.check(values, jax.default_backend())
+  if not problems:
+    return None
+  problem = problems[0]
+  for key, flag in _FLAGS.items():  # name the flag where the message names its config key
+    problem = problem.replace(key, flag)
+  return problem
 
 
 def model_flops_per_image(setup: Setup) -> int:
-  """Matmul FLOPs per image of the measured step (vit_jax.models.flops)."""
-  arch = PRESETS[setup.model]
-  shape = dict(image_size=(setup.image_size, setup.image_size), patch_size=arch.patch_size,
-               channels=3, hidden_size=arch.hidden_size, num_layers=arch.num_layers,
-               mlp_dim=arch.mlp_dim, num_classes=setup.num_classes)
-  return flops.train_flops(**shape) if setup.mode == "train" else flops.forward_flops(**shape)
+  """Matmul FLOPs per image of the measured step.
+
+  A training step costs three forward passes (forward, and backward for activations and for
+  weights); recomputation by remat is not counted, since it is not useful work.
+  """
+  forward = registry.forward_flops(model_section(setup), setup.num_classes, setup.image_size)
+  return 3 * forward if setup.mode == "train" else forward
 
 
 def _optimizer_config(setup: Setup) -> ml_collections.ConfigDict:
@@ -91,7 +92,7 @@ def _optimizer_config(setup: Setup) -> ml_collections.ConfigDict:
 
 def compile_step(setup: Setup) -> tuple[Any, tuple[Any, ...], float]:
   """(compiled step, its arguments placed on the devices, compile seconds)."""
-  model = build_model(setup)
+  model = registry.build(model_section(setup), setup.num_classes)
   mesh = sharding.make_mesh(-1, setup.fsdp)
   batch_sh = sharding.batch_sharded(mesh)
   rng = np.random.default_rng(0)

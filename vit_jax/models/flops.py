@@ -2,9 +2,8 @@
 
 Only matrix multiplications are counted, at 2 FLOPs per multiply-add, as is usual for MFU: the
 patch embedding, the q/k/v/out projections, the two attention products, the MLP, the optional
-pre-logits layer and the head. Normalisations, softmax, GELU and additions are left out. A
-training step costs three forward passes (forward, and backward for activations and weights);
-recomputation by remat is not counted, since it is not useful work.
+pre-logits layer and the head. Normalisations, softmax, GELU and additions are left out, and so
+is the small attention-pooling probe of `pool=map`.
 """
 
 from __future__ import annotations
@@ -25,8 +24,3 @@ def forward_flops(*, image_size: tuple[int, int], patch_size: int, channels: int
   width_out = representation_size or d
   head = 2 * d * representation_size + 2 * width_out * num_classes
   return embed + num_layers * (projections + attention + mlp) + head
-
-
-def train_flops(**shape: int) -> int:
-  """FLOPs of one image's training step: forward plus backward, 3x the forward."""
-  return 3 * forward_flops(**shape)

@@ -7,13 +7,15 @@ Parameter names follow the original checkpoint format (see docs/design.md): `emb
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models import attention, posemb
+from vit_jax.models import attention, flops, posemb
+from vit_jax.models.family import Family
 from vit_jax.models.heads import MAPHead
 from vit_jax.models.mlp import MlpBlock
 
@@ -236,3 +238,101 @@ class VisionTransformer(nn.Module):
         param_dtype=self.param_dtype,
         name="head",
     )(x.astype(jnp.float32))
+
+
+# The family's presets: Table 1 of the paper (B, L, H) plus the Ti and S widths of DeiT / "How to
+# train your ViT", each as (hidden_size, num_layers, num_heads, mlp_dim), and their patch sizes.
+ARCH_KEYS = ("patch_size", "hidden_size", "num_layers", "num_heads", "mlp_dim")
+_WIDTHS = {
+    "Ti": (192, 12, 3, 768),
+    "S": (384, 12, 6, 1536),
+    "B": (768, 12, 12, 3072),
+    "L": (1024, 24, 16, 4096),
+    "H": (1280, 32, 16, 5120),
+}
+_PATCHES = {"Ti": (16,), "S": (16, 32), "B": (8, 16, 32), "L": (16, 32), "H": (14,)}
+PRESETS: dict[str, dict[str, int]] = {
+    f"ViT-{size}/{patch}": dict(zip(ARCH_KEYS, (patch, *_WIDTHS[size]), strict=True))
+    for size, patches in _PATCHES.items()
+    for patch in patches
+}
+# The other keys of a ViT's `config.model` section, with their defaults.
+DEFAULTS: dict[str, Any] = {
+    "posemb": "learn1d",
+    "posemb_mode": "stem",
+    "pool": "token",
+    "representation_size": 0,  # 0: no tanh pre-logits layer
+    "dropout": 0.0,
+    "attention_dropout": 0.0,
+    "head_bias_init": 0.0,
+    "dtype": "float32",  # compute dtype; parameters are always float32
+    "attention": "auto",  # auto | plain | xla | cudnn (vit_jax.models.attention)
+    "remat": "none",  # none | full | dots | dots_no_batch: activations recomputed in backward
+    "scan_layers": False,  # one nn.scan over the encoder blocks (faster compile)
+}
+
+
+def build(model: Mapping[str, Any], num_classes: int) -> VisionTransformer:
+  """The ViT a resolved `config.model` section describes."""
+  return VisionTransformer(
+      num_classes=num_classes,
+      patch_size=model["patch_size"],
+      hidden_size=model["hidden_size"],
+      num_layers=model["num_layers"],
+      num_heads=model["num_heads"],
+      mlp_dim=model["mlp_dim"],
+      posemb=model["posemb"],
+      posemb_mode=model["posemb_mode"],
+      pool=model["pool"],
+      representation_size=model["representation_size"],
+      dropout=model["dropout"],
+      attention_dropout=model["attention_dropout"],
+      head_bias_init=model["head_bias_init"],
+      # Runs written before these options existed used Flax's attention and no remat or scan.
+      attention=model.get("attention", "plain"),
+      remat=model.get("remat", "none"),
+      scan_layers=model.get("scan_layers", False),
+      dtype=jnp.dtype(model["dtype"]),
+  )
+
+
+def check_config(values: Mapping[str, Any], backend: str) -> list[str]:
+  """What is wrong between the keys of a ViT config (see `Family.check`)."""
+
+  def have(*keys: str) -> bool:  # a check is skipped where a value it needs is bad or unset
+    return all(values.get(key) is not None for key in keys)
+
+  problems = []
+  if have("image_size", "model.patch_size"):
+    p, size = values["model.patch_size"], values["image_size"]
+    if size % p:
+      problems.append(f"image_size {size} is not divisible by model.patch_size {p}; use a "
+                      f"multiple of {p} such as {max(1, round(size / p)) * p}")
+  width, heads = values.get("model.hidden_size"), values.get("model.num_heads")
+  if have("model.hidden_size", "model.num_heads") and width % heads:
+    problems.append(f"model.hidden_size {width} is not divisible by model.num_heads {heads}")
+  model = []  # the model's own checks name keys without the "model." prefix
+  if have("model.attention", "model.attention_dropout"):
+    model.append(attention.check(
+        values["model.attention"], values["model.attention_dropout"], backend=backend,
+        dtype=values.get("model.dtype"), relative=values.get("model.posemb") == "relative"))
+  if have("model.remat", "model.scan_layers"):  # a bad posemb_mode is reported by posemb.check
+    model.append(check_memory_options(values["model.remat"], values["model.scan_layers"],
+                                      values.get("model.posemb_mode") or "stem"))
+  if have("model.posemb", "model.posemb_mode"):  # width 0 (unknown) passes the width check
+    model.append(posemb.check(values["model.posemb"], values["model.posemb_mode"], width or 0))
+  return problems + [f"model.{p}" for p in model if p]
+
+
+def forward_flops(model: Mapping[str, Any], image_size: tuple[int, int], channels: int,
+                  num_classes: int) -> int:
+  """Matmul FLOPs of one image's forward pass (vit_jax.models.flops)."""
+  return flops.forward_flops(
+      image_size=image_size, patch_size=model["patch_size"], channels=channels,
+      hidden_size=model["hidden_size"], num_layers=model["num_layers"],
+      mlp_dim=model["mlp_dim"], num_classes=num_classes,
+      class_token=model["pool"] == "token", representation_size=model["representation_size"])
+
+
+FAMILY = Family(name="ViT", arch_keys=ARCH_KEYS, presets=PRESETS, defaults=DEFAULTS,
+                build=build, check=check_config, forward_flops=forward_flops)

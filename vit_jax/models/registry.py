@@ -1,0 +1,102 @@
+"""Every architecture family and its presets, and the one place a `config.model` becomes a module.
+
+`model.name` is a registered preset (e.g. `ViT-B/16`), whose size fields fill the section's unset
+ones, or a family's custom name (e.g. `ViT-custom`), for which every size field is set by hand.
+Trainer, benchmark, few-shot evaluation, export and every other command build models through
+`build`. Adding a family: a module in `models/` that defines its `Family`, and one entry in
+`FAMILIES`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.models import vit
+from vit_jax.models.family import Family
+
+FAMILIES: tuple[Family, ...] = (vit.FAMILY,)
+PRESETS: dict[str, Family] = {name: f for f in FAMILIES for name in f.presets}
+CUSTOM: dict[str, Family] = {f.custom: f for f in FAMILIES}
+
+
+class ModelNameError(ValueError):
+  """`model.name` is neither a registered preset nor a family's custom name."""
+
+
+def family_of(name: str) -> Family:
+  """The family of a preset or custom name; ModelNameError naming the closest names if none."""
+  family = PRESETS.get(name) or CUSTOM.get(name)
+  if family is not None:
+    return family
+  close = difflib.get_close_matches(str(name), [*PRESETS, *CUSTOM], n=3, cutoff=0.4)
+  hint = f"did you mean {' or '.join(close)}? " if close else ""
+  raise ModelNameError(
+      f"model.name '{name}' is not a registered model; {hint}`python -m vit_jax.models` lists "
+      f"them, and {' or '.join(CUSTOM)} with every size field set names a custom one")
+
+
+def arch_values(model: Mapping[str, Any]) -> dict[str, Any]:
+  """The size fields of `model` (a `config.model` section), the unset ones from its preset.
+
+  Raises ModelNameError for an unknown name, or for a custom name with a size field unset.
+  """
+  name = model.get("name")
+  family = family_of(name)
+  given = {key: model.get(key) for key in family.arch_keys}
+  missing = [key for key, value in given.items() if value is None]
+  if name in family.presets:
+    return {key: family.presets[name][key] if value is None else value
+            for key, value in given.items()}
+  if missing:
+    raise ModelNameError(f"model.name '{name}' is a custom size, so set model."
+                         f"{', model.'.join(missing)}; or name a preset such as "
+                         f"{next(iter(family.presets))}")
+  return given
+
+
+def section(name: str, **overrides: Any) -> dict[str, Any]:
+  """A complete `config.model` section for `name`: preset (or given) sizes, family defaults."""
+  family = family_of(name)
+  model = {"name": name, **{key: None for key in family.arch_keys}, **family.defaults}
+  model.update(overrides)
+  model.update(arch_values(model))
+  return model
+
+
+def build(model: Mapping[str, Any], num_classes: int) -> nn.Module:
+  """The Flax module a resolved `config.model` section describes."""
+  return family_of(model["name"]).build(model, num_classes)
+
+
+def check(values: Mapping[str, Any], backend: str) -> list[str]:
+  """Problems between the keys of a config (see `Family.check`), or that its name is unknown."""
+  if values.get("model.name") is None:  # its own check failed: reported there
+    return []
+  try:
+    family = family_of(values["model.name"])
+  except ModelNameError as e:
+    return [str(e)]
+  return family.check(values, backend)
+
+
+def param_count(model: Mapping[str, Any], num_classes: int, image_size: int,
+                channels: int = 3) -> int:
+  """Exact number of parameters, from their shapes (nothing is allocated)."""
+  module = build(model, num_classes)
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
+  shapes = jax.eval_shape(module.init, jax.random.key(0), images)["params"]
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))
+
+
+def forward_flops(model: Mapping[str, Any], num_classes: int, image_size: int,
+                  channels: int = 3) -> int:
+  """Matmul FLOPs of one image's forward pass (2 per multiply-add)."""
+  family = family_of(model["name"])
+  return family.forward_flops(model, (image_size, image_size), channels, num_classes)
