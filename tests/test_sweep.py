@@ -38,6 +38,7 @@ def run_sweep(config, workdir):
                         timeout=600)
 
 
+@pytest.mark.slow
 def test_sweep_runs_each_config_once_and_resumes_after_a_kill(tmp_path):
   config = tmp_path / "tiny_sweep.py"
   config.write_text(SWEEP)
@@ -130,10 +131,13 @@ def test_markdown_cells_are_mean_and_sample_std_over_seeds():
   assert "3 of 4 runs finished" in text
 
 
-@pytest.mark.parametrize("overrides,name", [
-    ({"model.posemb": "learn1d", "seed": 2}, "posemb=learn1d,seed=2"),
-    ({"fewshot.shots": (1, 5)}, "shots=(1,5)"),
+@pytest.mark.parametrize("overrides,name,flags", [
+    ({"model.posemb": "learn1d", "seed": 2}, "posemb=learn1d,seed=2",
+     ["--config.model.posemb=learn1d", "--config.seed=2"]),
+    ({"fewshot.shots": (1, 5)}, "shots=(1,5)", ["--config.fewshot.shots=(1, 5)"]),
+    ({"model.name": "ViT-S/16", "lr": 0.001}, "name=ViT-S_16,lr=0.001",
+     ["--config.model.name=ViT-S/16", "--config.lr=0.001"]),
 ])
-def test_run_names_and_flags(overrides, name):
+def test_run_names_and_flags(overrides, name, flags):
   assert sweep.run_name(overrides) == name
-  assert sweep.override_flags({"fewshot.shots": (1, 5)}) == ["--config.fewshot.shots=(1, 5)"]
+  assert sweep.override_flags(overrides) == flags

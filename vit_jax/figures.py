@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vit_jax import results  # noqa: E402
+from vit_jax import results, sweep_config  # noqa: E402
 
 
 def sweep_bars(rows: list[dict[str, Any]], table: dict[str, Any], path: str) -> None:
@@ -81,16 +81,16 @@ def plot_similarity(sim: np.ndarray, path: str, title: str = "") -> None:
 
 def run_similarity(workdir: str, path: str) -> None:
   """The similarity grid of the first position table of a run's newest checkpoint."""
+  from vit_jax.io import runs
   from vit_jax.models import posemb
-  from vit_jax.train.checkpoint import load_run_params
 
-  config, params = load_run_params(workdir)
+  with runs.Run(workdir) as run:
+    config, params, grid = run.config, run.params(), run.grid()
   model = config["model"]
-  side = config["image_size"] // model["patch_size"]
   kind = model["posemb"]
   module = params.get("Transformer", {}).get("posembed_input", {})
-  table = posemb.patch_table(kind, module, (side, side), model["hidden_size"])
-  plot_similarity(similarity_grid(table, (side, side)), path,
+  table = posemb.patch_table(kind, module, grid, model["hidden_size"])
+  plot_similarity(similarity_grid(table, grid), path,
                   f"{kind} ({model['posemb_mode']}): position-embedding similarity")
 
 
@@ -145,9 +145,7 @@ def main(argv: list[str] | None = None) -> int:
       rows = _read_csv(os.path.join(args.workdir, "results.csv"))
       table = {"rows": "model.posemb", "cols": "model.posemb_mode", "where": {}}
       if args.sweep_config:
-        from vit_jax.sweep import load_sweep
-
-        table = load_sweep(args.sweep_config).get_tables()[args.table]
+        table = sweep_config.load_sweep(args.sweep_config).get_tables()[args.table]
       sweep_bars(rows, table, args.out)
   except (OSError, ValueError, KeyError, IndexError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,23 +20,11 @@ import sys
 import time
 from typing import Any
 
-from vit_jax import results
+from vit_jax import figures, results
+from vit_jax.sweep_config import default_tables, load_sweep
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 75  # a run stopped by SIGTERM/SIGINT after a checkpoint (vit_jax.main)
-
-
-def load_sweep(path: str) -> Any:
-  """Imports a sweep config file as a module; it must define get_config and get_sweep."""
-  if not os.path.isfile(path):
-    raise ValueError(f"sweep config {path} not found; e.g. --config configs/sweeps/posemb.py")
-  spec = importlib.util.spec_from_file_location("sweep_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  for name in ("get_config", "get_sweep"):
-    if not hasattr(module, name):
-      raise ValueError(f"{path} defines no {name}(); a sweep config needs get_config and get_sweep")
-  return module
 
 
 def run_name(overrides: dict[str, Any]) -> str:
@@ -130,18 +117,8 @@ def collect(workdir: str, runs: list[dict[str, Any]], tables: list[dict[str, Any
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(results.markdown(rows, runs, tables))
   if rows:
-    from vit_jax import figures
-
     figures.sweep_bars(rows, tables[0], os.path.join(workdir, "results.png"))
   return rows
-
-
-def default_tables(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """One table: the first varied key as rows, the second (if any) as columns."""
-  varied = [k for k in runs[0] if k != "seed" and len({str(r.get(k)) for r in runs}) > 1]
-  varied = varied or [next(iter(runs[0]))]
-  return [{"title": "Results", "rows": varied[0], "cols": varied[1] if len(varied) > 1 else None,
-           "where": {}}]
 
 
 def main(argv: list[str] | None = None) -> int:

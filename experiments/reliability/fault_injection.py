@@ -63,12 +63,11 @@ def final_state(workdir: Path) -> tuple[int, dict[str, np.ndarray]]:
   """(step, {path: array}) of the newest checkpoint: step, parameters and optimizer state."""
   import jax
 
-  from vit_jax.train.checkpoint import Checkpointer
+  from vit_jax.io.runs import Run
 
-  checkpoints = Checkpointer(str(workdir), 1, 1000)
-  step = checkpoints.latest_step()
-  state = checkpoints.restore(None, step)
-  checkpoints.close()
+  with Run(str(workdir)) as run:
+    step = run.latest_step()
+    state = run.state(step)
   leaves = jax.tree_util.tree_flatten_with_path(state)[0]
   return step, {jax.tree_util.keystr(path): np.asarray(v) for path, v in leaves}
 

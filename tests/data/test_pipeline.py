@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from vit_jax.data import pipeline, preprocess
-from vit_jax.data.pipeline import ArraySource, DatasetError, Feed
+from vit_jax.data.arrays import ArraySource
+from vit_jax.data.types import DatasetError, Feed, default_splits
 
 
 def arrays(n, size=8):
@@ -93,6 +94,7 @@ def test_dataset_missing_offline_names_it_and_the_fix(tmp_path):
   assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_tfds_dataset_through_mock_data(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   feed = Feed(batch_size=8, eval_batch_size=6, image_size=16, channels=3, augment="flip", seed=0)
@@ -109,6 +111,6 @@ def test_tfds_dataset_through_mock_data(tmp_path):
 
 
 def test_default_splits():
-  assert pipeline.default_splits("imagenet21k", ["full"]) == ("full[51200:]", "full[:51200]")
-  assert pipeline.default_splits("imagenet2012", ["train", "validation"]) == ("train", "validation")
-  assert pipeline.default_splits("cifar10", ["train", "test"]) == ("train", "test")
+  assert default_splits("imagenet21k", ["full"]) == ("full[51200:]", "full[:51200]")
+  assert default_splits("imagenet2012", ["train", "validation"]) == ("train", "validation")
+  assert default_splits("cifar10", ["train", "test"]) == ("train", "test")

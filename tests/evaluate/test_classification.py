@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax.data.pipeline import ArraySource, Feed
+from vit_jax.data.arrays import ArraySource
+from vit_jax.data.types import Feed
 from vit_jax.evaluate.classification import evaluate
 from vit_jax.train import sharding
 from vit_jax.train.step import make_eval_step

@@ -48,8 +48,11 @@ def test_pickled_objects_are_refused(tmp_path):
     npz.load(str(tmp_path / "evil.npz"))
 
 
+@pytest.mark.slow
 def test_export_command_writes_a_checkpoints_parameters(tmp_path):
   original = params()
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "config.json").write_text("{}")
   ckpt = Checkpointer(str(tmp_path / "run"), 1, 3)
   ckpt.save(7, {"step": np.int32(7), "params": original, "opt_state": {}}, force=True)
   ckpt.close()

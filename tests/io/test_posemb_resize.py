@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from flax.traverse_util import flatten_dict
 
 from vit_jax.io import posemb_resize, pretrained
 from vit_jax.models.vit import VisionTransformer
@@ -13,9 +14,14 @@ from vit_jax.train import checkpoint, loop
 SIZE = dict(patch_size=4, hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32)
 
 
-def init(kind, pool, image, num_classes=3):
+def init(kind, pool, image, num_classes=3, seed=0):
+  """Parameters of a small ViT; every tensor is random (zero-initialised ones too), by `seed`."""
   model = VisionTransformer(num_classes=num_classes, **SIZE, posemb=kind, pool=pool)
-  return jax.device_get(model.init(jax.random.key(0), jnp.zeros((1, *image, 1)))["params"])
+  params = model.init(jax.random.key(seed), jnp.zeros((1, *image, 1)))["params"]
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed + 1000), len(leaves))
+  noisy = [x + jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+  return jax.device_get(tree.unflatten(noisy))
 
 
 @pytest.mark.parametrize("method", posemb_resize.METHODS)
@@ -55,19 +61,41 @@ def test_unknown_method_is_named():
     posemb_resize.resample(np.zeros((2, 2)), (3, 3), "nearest")
 
 
+RESAMPLED = {"pos_embedding", "row_embedding", "col_embedding", "rel_embedding"}
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,pool", [("learn1d", "token"), ("learn2d", "gap"),
                                        ("relative", "token"), ("sincos2d", "token")])
-def test_adapted_parameters_fit_the_new_model(kind, pool):
-  source = init(kind, pool, (8, 12))
-  target = init(kind, pool, (16, 16), num_classes=7)
+def test_every_adapted_tensor_comes_from_the_source_or_is_fresh(kind, pool):
+  source = init(kind, pool, (8, 12), seed=1)
+  target = init(kind, pool, (16, 16), num_classes=7, seed=2)
   adapted, fresh = posemb_resize.adapt_params(source, target, (2, 3), (4, 4))
   assert jax.tree.map(np.shape, adapted) == jax.tree.map(np.shape, target)
   assert fresh == ["head/bias", "head/kernel"]
-  np.testing.assert_array_equal(adapted["embedding"]["kernel"], source["embedding"]["kernel"])
-  if pool == "token":
-    np.testing.assert_array_equal(adapted["cls"], source["cls"])
+  src, tgt = flatten_dict(source, sep="/"), flatten_dict(target, sep="/")
+  for path, value in flatten_dict(adapted, sep="/").items():
+    name = path.rsplit("/", 1)[-1]
+    if path in fresh:  # another number of classes: the target's own initial head
+      np.testing.assert_array_equal(value, tgt[path])
+    elif name in RESAMPLED:  # resampled from the source's table (tested for itself above)
+      assert not np.allclose(value, tgt[path]), path
+      assert np.abs(value).max() <= np.abs(src[path]).max() + 1e-5, path
+    else:  # carried over unchanged, and distinct from what the target started with
+      np.testing.assert_array_equal(value, src[path])
+      assert not np.array_equal(value, tgt[path]), path
   model = VisionTransformer(num_classes=7, **SIZE, posemb=kind, pool=pool)
   assert model.apply({"params": adapted}, jnp.ones((2, 16, 16, 1))).shape == (2, 7)
+
+
+@pytest.mark.slow
+def test_resampled_tables_are_the_sources_resampled():
+  source = init("learn1d", "token", (8, 12), seed=1)
+  target = init("learn1d", "token", (16, 16), seed=2)
+  adapted, _ = posemb_resize.adapt_params(source, target, (2, 3), (4, 4), "bicubic")
+  table = source["Transformer"]["posembed_input"]["pos_embedding"]
+  np.testing.assert_allclose(adapted["Transformer"]["posembed_input"]["pos_embedding"],
+                             posemb_resize.resize_learn1d(table, (2, 3), (4, 4), "bicubic"))
 
 
 def test_another_architecture_is_refused_by_name():
@@ -76,8 +104,9 @@ def test_another_architecture_is_refused_by_name():
                                (2, 2), (2, 2))
 
 
+@pytest.mark.slow
 def test_init_from_a_run_resamples_its_checkpoint(tmp_path):
-  source = init("learn1d", "token", (8, 8))
+  source = init("learn1d", "token", (8, 8), seed=1)
   config = {"image_size": 8, "model": {"patch_size": 4}}
   (tmp_path / "config.json").write_text(json.dumps(config))
   saver = checkpoint.Checkpointer(str(tmp_path), 1, 1)
@@ -86,8 +115,11 @@ def test_init_from_a_run_resamples_its_checkpoint(tmp_path):
   new = ml_collections.ConfigDict({"init_from": str(tmp_path), "image_size": 12,
                                    "posemb_resample": "bicubic", "model": {"patch_size": 4}})
   params = loop.initial_params(new, pretrained.load(str(tmp_path)),
-                               init("learn1d", "token", (12, 12)))
+                               init("learn1d", "token", (12, 12), seed=2))
   want = posemb_resize.resize_learn1d(source["Transformer"]["posembed_input"]["pos_embedding"],
                                       (2, 2), (3, 3), "bicubic")
   np.testing.assert_allclose(params["Transformer"]["posembed_input"]["pos_embedding"], want)
   np.testing.assert_array_equal(params["head"]["kernel"], source["head"]["kernel"])
+  np.testing.assert_array_equal(params["Transformer"]["encoderblock_1"]["MlpBlock_3"]["Dense_0"]
+                                ["kernel"], source["Transformer"]["encoderblock_1"]["MlpBlock_3"]
+                                ["Dense_0"]["kernel"])

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from vit_jax.data import preprocess
-from vit_jax.data.pipeline import Batch, Dataset, DatasetError, Feed, default_splits
+from vit_jax.data.types import Batch, Dataset, DatasetError, Feed, default_splits
 
 SHUFFLE_BUFFER = 50_000
 

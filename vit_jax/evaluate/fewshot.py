@@ -4,8 +4,8 @@ The model's pre-logit (or pooled) features of k training examples per class are 
 +-1 class targets by closed-form L2-regularised least squares; the accuracy of that linear
 classifier on the evaluation split is averaged over a few random draws of the k examples.
 
-Also a command: `python -m vit_jax.evaluate.fewshot --workdir DIR [--step N]` evaluates a
-run's checkpoint and prints one JSON line.
+`python -m vit_jax.evaluate --workdir DIR` runs it (and the classification metrics) on a saved
+checkpoint.
 """
 
 from __future__ import annotations
@@ -89,59 +89,3 @@ def evaluate(feature_step: Callable, params: Any, data: Any, settings: Any,
   accuracy = fewshot_accuracy(train_x, train_y, test_x, test_y, num_classes=data.num_classes,
                               shots=settings.shots, draws=settings.draws, l2=settings.l2)
   return {f"fewshot/{k}shot_accuracy": v for k, v in accuracy.items()}
-
-
-def main(argv: Sequence[str]) -> None:
-  """Evaluates the checkpoint of a run directory and prints one JSON line."""
-  import json
-  import os
-
-  from absl import flags
-  from absl import logging as absl_logging
-  from ml_collections import ConfigDict
-
-  from vit_jax.data import pipeline
-  from vit_jax.train import loop, sharding
-  from vit_jax.train.checkpoint import Checkpointer
-
-  del argv
-  absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax logs every restore at INFO
-  workdir = flags.FLAGS.workdir
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise SystemExit(f"error: {path} not found; --workdir must be a training run's directory")
-  with open(path) as f:
-    config = ConfigDict(json.load(f))
-  if not config.fewshot.shots:
-    config.fewshot.shots = (1, 5, 10)
-  try:
-    data = pipeline.load(config, pipeline.Feed.from_config(config, jax.process_index(),
-                                                           jax.process_count()))
-  except pipeline.DatasetError as e:
-    raise SystemExit(f"error: {e}") from None
-  checkpoints = Checkpointer(workdir, 1, 1000)
-  step = flags.FLAGS.step or checkpoints.latest_step()
-  if step is None:
-    raise SystemExit(f"error: {workdir} has no checkpoint yet; train it first")
-  params = checkpoints.restore(None, step)["params"]
-  checkpoints.close()
-  if config.model.get("scan_layers", False):  # checkpoints hold per-layer parameters
-    from vit_jax.io import layers
-
-    params = layers.to_scanned(params)
-  mesh = sharding.make_mesh()
-  model = loop.model_from_config(config.model, config.num_classes)
-  repl = sharding.replicated(mesh)
-  feature_step = jax.jit(make_feature_step(model),
-                         in_shardings=(repl, sharding.batch_sharded(mesh)), out_shardings=repl)
-  place = lambda b: sharding.global_batch(b, mesh=mesh)  # noqa: E731
-  result = evaluate(feature_step, params, data, config.fewshot, place)
-  print(json.dumps({"step": step, **result}))
-
-
-if __name__ == "__main__":
-  from absl import app, flags
-
-  flags.DEFINE_string("workdir", None, "A training run's directory.", required=True)
-  flags.DEFINE_integer("step", 0, "Checkpoint step (default: the newest).")
-  app.run(main)

@@ -14,38 +14,16 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from vit_jax.io import layers
 
 
-def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  """Nested parameters -> {'a/b/c': leaf}, the leaves as given."""
-  flat = {}
-  for key, value in params.items():
-    path = f"{prefix}{key}"
-    if isinstance(value, Mapping):
-      flat.update(flatten(value, f"{path}/"))
-    else:
-      flat[path] = value
-  return flat
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-  """{'a/b/c': leaf} -> nested parameters."""
-  tree: dict[str, Any] = {}
-  for path, value in flat.items():
-    node = tree
-    *parents, leaf = path.split("/")
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return tree
-
-
 def save(path: str, params: Mapping[str, Any]) -> None:
   """Writes `params` (per-layer or scanned) to `path` in the original format, atomically."""
+  per_layer = layers.to_per_layer(dict(params))
   flat = {k: np.asarray(jax.device_get(v))
-          for k, v in flatten(layers.to_per_layer(dict(params))).items()}
+          for k, v in traverse_util.flatten_dict(per_layer, sep="/").items()}
   tmp = f"{path}.tmp.npz"
   np.savez(tmp, **flat)
   os.replace(tmp, path)
@@ -55,31 +33,31 @@ def load(path: str) -> dict[str, Any]:
   """Reads an original-format file into nested per-layer parameters (no pickled objects)."""
   try:
     with np.load(path, allow_pickle=False) as data:
-      return unflatten({key: data[key] for key in data.files})
+      return traverse_util.unflatten_dict({key: data[key] for key in data.files}, sep="/")
   except ValueError as e:  # an object array needs pickle
     raise ValueError(f"{path} holds pickled objects, which are never loaded ({e})") from None
 
 
 def main(argv: Sequence[str]) -> None:
-  """Exports the parameters of a run's checkpoint."""
+  """Exports the parameters of a run's checkpoint (the run is only read)."""
   from absl import flags
   from absl import logging as absl_logging
 
-  from vit_jax.train.checkpoint import Checkpointer
+  from vit_jax.io import runs
 
   del argv
   absl_logging.set_verbosity(absl_logging.ERROR)
   workdir, out = flags.FLAGS.workdir, flags.FLAGS.out
-  checkpoints = Checkpointer(workdir, 1, 1000)
-  step = flags.FLAGS.step or checkpoints.latest_step()
-  if step is None:
-    raise SystemExit(f"error: {workdir} has no checkpoint; give a training run's workdir")
   if os.path.exists(out) and not flags.FLAGS.overwrite:
     raise SystemExit(f"error: {out} exists; choose another --out or pass --overwrite")
-  params = checkpoints.restore(None, step)["params"]
-  checkpoints.close()
+  try:
+    with runs.Run(workdir) as run:
+      step = flags.FLAGS.step or run.latest_step()
+      params = run.params(step)
+  except runs.RunError as e:
+    raise SystemExit(f"error: {e}") from None
   save(out, params)
-  print(f"wrote {len(flatten(params))} arrays of step {step} to {out}")
+  print(f"wrote {len(traverse_util.flatten_dict(params))} arrays of step {step} to {out}")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,7 @@ from typing import Any
 
 import jax
 import numpy as np
-
-from vit_jax.io import npz
+from flax import traverse_util
 
 METHODS = ("bilinear", "bicubic")
 _JAX_METHOD = {"bilinear": "linear", "bicubic": "cubic"}
@@ -60,7 +59,8 @@ def adapt_params(source: Any, target: Any, old: Grid, new: Grid, method: str = "
   `target`'s values. Returns the tree and the names of the parameters that were not carried over.
   Raises ValueError naming a parameter that is missing or cannot be made to fit.
   """
-  src, tgt = npz.flatten(source), npz.flatten(target)
+  src = traverse_util.flatten_dict(source, sep="/")
+  tgt = traverse_util.flatten_dict(target, sep="/")
   out, kept_fresh = {}, []
   for path, want in tgt.items():
     name = path.rsplit("/", 1)[-1]
@@ -86,4 +86,4 @@ def adapt_params(source: Any, target: Any, old: Grid, new: Grid, method: str = "
       raise ValueError(f"parameter {path} has shape {have.shape} in the checkpoint but "
                        f"{tuple(want.shape)} in this model")
     out[path] = have
-  return npz.unflatten(out), kept_fresh
+  return traverse_util.unflatten_dict(out, sep="/"), kept_fresh

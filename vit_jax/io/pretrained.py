@@ -14,12 +14,11 @@ import zipfile
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import numpy as np
+from flax import traverse_util
 
-from vit_jax.io import layers, npz
-from vit_jax.train import checkpoint
-from vit_jax.train.checkpoint import error_reason
+from vit_jax.io import npz, runs
+from vit_jax.io.runs import error_reason
 
 Grid = tuple[int, int]
 _SOURCES = "give a training run's workdir or an original-format .npz file"
@@ -70,7 +69,7 @@ def infer_grid(path: str, params: Mapping[str, Any]) -> Grid | None:
   square gh*gh (a non-square learn1d grid cannot be told from its table). All tables (one per
   layer in `every_layer` mode or for `relative`) must agree.
   """
-  flat = {k: np.asarray(v) for k, v in npz.flatten(params).items()}
+  flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
   prefix = int("cls" in params)
   names = ("pos_embedding", "row_embedding", "rel_embedding")
   grids = {key: _table_grid(path, key, flat, prefix) for key in flat
@@ -95,7 +94,7 @@ def _load_npz(path: str) -> Pretrained:
     raise PretrainedError(f"{path} cannot be read ({error_reason(e)}); {_SOURCES}") from None
   except (OSError, EOFError, zipfile.BadZipFile) as e:
     raise PretrainedError(f"{path} cannot be read ({error_reason(e)}); {_SOURCES}") from None
-  flat = npz.flatten(params)
+  flat = traverse_util.flatten_dict(params, sep="/")
   if not flat:
     raise PretrainedError(f"{path} holds no arrays; {_SOURCES}")
   for key, value in flat.items():
@@ -108,22 +107,19 @@ def _load_run(path: str) -> Pretrained:
   if not os.path.isfile(os.path.join(path, "config.json")):
     raise PretrainedError(f"{path} has no config.json, so it is no training run's workdir; "
                           f"{_SOURCES}")
-  if not checkpoint.has_checkpoint(path):
+  if not runs.has_checkpoint(path):
     raise PretrainedError(f"{path} has no checkpoint in checkpoints/; let that run save one, "
                           "or give another run's workdir or an .npz file")
   try:
-    config, params = checkpoint.load_run_params(path)
-  except Exception as e:  # Orbax/tensorstore/JSON errors come in many types
-    raise PretrainedError(f"{path}: its config.json or checkpoint cannot be read "
-                          f"({error_reason(e)}); give another run's workdir or an .npz file"
-                          ) from None
-  try:
-    side = int(config["image_size"]) // int(config["model"]["patch_size"])
-  except (KeyError, TypeError, ValueError, ZeroDivisionError):
-    raise PretrainedError(f"{path}/config.json lacks image_size or model.patch_size; give a "
-                          "training run's workdir") from None
-  params = jax.tree.map(np.asarray, jax.device_get(layers.to_per_layer(params)))
-  return Pretrained(params, (side, side), path)
+    with runs.Run(path) as run:
+      grid = run.grid()
+      params = run.params()
+  except runs.RunError as e:
+    raise PretrainedError(str(e)) from None
+  except Exception as e:  # Orbax/tensorstore errors come in many types
+    raise PretrainedError(f"{path}: its checkpoint cannot be read ({error_reason(e)}); give "
+                          "another run's workdir or an .npz file") from None
+  return Pretrained(params, grid, path)
 
 
 def load(path: str) -> Pretrained:

@@ -1,0 +1,97 @@
+"""`python -m vit_jax.evaluate --workdir RUN [--step N] [--shots 1,5,10]`.
+
+Evaluates a checkpoint of a run on the run's own dataset and prints one JSON line: `step`,
+`eval/accuracy`, `eval/loss` and `fewshot/<k>shot_accuracy` (the shots of the run's config, else
+1, 5 and 10). The run is only read (vit_jax.io.runs), so it may be training meanwhile. Exit
+status 2 with one `error:` line when the run or its data cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import sys
+from typing import Any
+
+DEFAULT_SHOTS = (1, 5, 10)
+
+
+def _shots(text: str) -> tuple[int, ...]:
+  try:
+    shots = tuple(int(k) for k in text.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+  if not shots or min(shots) <= 0:
+    raise argparse.ArgumentTypeError(f"shots must be positive, got '{text}'")
+  return shots
+
+
+def evaluate_run(workdir: str, step: int | None = None,
+                 shots: tuple[int, ...] | None = None) -> dict[str, Any]:
+  """The metrics of checkpoint `step` (default: the newest) of the run in `workdir`.
+
+  Raises RunError or DatasetError (one line) when the run or its data cannot be read.
+  """
+  import jax
+  from ml_collections import ConfigDict
+
+  from vit_jax.data import pipeline
+  from vit_jax.data.types import Feed
+  from vit_jax.evaluate import classification, fewshot
+  from vit_jax.io import runs
+  from vit_jax.models import registry
+  from vit_jax.train import sharding
+  from vit_jax.train import step as step_lib
+
+  with runs.Run(workdir) as run:
+    config = ConfigDict(run.config)
+    step = step or run.latest_step()
+    params = run.params(step)
+  config.fewshot.shots = shots or tuple(config.fewshot.shots) or DEFAULT_SHOTS
+  feed = Feed.from_config(config, jax.process_index(), jax.process_count())
+  data = pipeline.load(config, feed)
+  # Checkpoints hold per-layer parameters: evaluate with the per-layer model, whatever the run's
+  # layout, on as many devices as divide the evaluation batch.
+  model = registry.build({**config.model.to_dict(), "scan_layers": False}, config.num_classes)
+  devices = jax.devices()[:math.gcd(feed.eval_batch_size, jax.device_count())]
+  mesh = sharding.make_mesh(devices=devices)
+  repl, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  eval_step = jax.jit(step_lib.make_eval_step(model, loss=config.loss),
+                      in_shardings=(repl, batch), out_shardings=repl)
+  feature_step = jax.jit(fewshot.make_feature_step(model), in_shardings=(repl, batch),
+                         out_shardings=repl)
+  place = functools.partial(sharding.global_batch, mesh=mesh)
+  result = classification.evaluate(eval_step, params, data.eval_batches(), place)
+  row = {"step": step, "eval/accuracy": result["accuracy"], "eval/loss": result["loss"]}
+  row.update(fewshot.evaluate(feature_step, params, data, config.fewshot, place))
+  return row
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m vit_jax.evaluate",
+      description="Evaluates a checkpoint of a run on its own dataset.")
+  parser.add_argument("--workdir", required=True, help="a training run's directory")
+  parser.add_argument("--step", type=int, default=0, help="checkpoint step (default: newest)")
+  parser.add_argument("--shots", type=_shots, default=None,
+                      help="few-shot k values, e.g. 1,5,10 (default: the run's, else 1,5,10)")
+  args = parser.parse_args(argv)
+  from absl import logging as absl_logging
+
+  from vit_jax.data.types import DatasetError
+  from vit_jax.io.runs import RunError
+
+  absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax logs every restore at INFO
+  try:
+    row = evaluate_run(args.workdir, args.step or None, args.shots)
+  except (RunError, DatasetError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps(row))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
