@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 
 from vit_jax.models.vit import VisionTransformer
 from vit_jax.train import sharding
@@ -40,6 +41,7 @@ def run(accum_steps, steps, devices, lr=1e-3, optimizer="adam"):
   return state, losses, norms
 
 
+@pytest.mark.slow
 def test_loss_falls_on_a_fixed_batch_on_8_devices():
   assert len(jax.devices()) == 8
   state, losses, _ = run(accum_steps=1, steps=30, devices=8, lr=3e-3)
@@ -49,6 +51,7 @@ def test_loss_falls_on_a_fixed_batch_on_8_devices():
   assert kernel.sharding.is_fully_replicated and len(kernel.sharding.device_set) == 8
 
 
+@pytest.mark.slow
 def test_accumulated_micro_batches_equal_the_full_batch_on_8_devices():
   # SGD makes the update proportional to the gradient, so any error in how micro-batch
   # gradients are combined shows in the parameters and in the gradient norm.
@@ -61,6 +64,7 @@ def test_accumulated_micro_batches_equal_the_full_batch_on_8_devices():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_accumulated_gradient_matches_the_mean_gradient():
   # Independent truth: the full-batch gradient of the mean loss, computed directly.
   model = VisionTransformer(**TINY)
@@ -82,6 +86,7 @@ def test_accumulated_gradient_matches_the_mean_gradient():
     np.testing.assert_allclose(p0 - p1, g, rtol=2e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_update_of_4_micro_batches_equals_the_full_batch_update_to_1e_5():
   # One SGD step with learning rate 1: the update is minus the (mean) gradient.
   initial = jax.jit(lambda: init_state(VisionTransformer(**TINY), optax.sgd(1.0), (8, 8, 1),
@@ -100,6 +105,7 @@ def test_update_of_4_micro_batches_equals_the_full_batch_update_to_1e_5():
   assert diff / norm <= 1e-5
 
 
+@pytest.mark.slow
 def test_skip_nonfinite_keeps_parameters_and_optimizer_state_of_a_nan_batch():
   model = VisionTransformer(**TINY)
   cfg = ml_collections.ConfigDict(dict(optimizer="adam", grad_clip_norm=1.0, adam_b1=0.9,
@@ -114,11 +120,46 @@ def test_skip_nonfinite_keeps_parameters_and_optimizer_state_of_a_nan_batch():
                                    seed=0, skip_nonfinite=skip))
     new, metrics = step(state, bad)
     assert int(new.step) == 1 and np.isnan(float(metrics["train/loss"]))
-    leaves = jax.tree.leaves((new.params, new.opt_state))
-    if skip:
-      for x, y in zip(leaves, jax.tree.leaves((state.params, state.opt_state)), strict=True):
-        np.testing.assert_array_equal(x, y)
+    if skip:  # parameters and moments stay; the step counts advance with the step
+      for (path, x), y in zip(jax.tree_util.tree_flatten_with_path((new.params,
+                              new.opt_state))[0], jax.tree.leaves((state.params, state.opt_state)),
+                              strict=True):
+        want = y + 1 if jax.tree_util.keystr(path).endswith(".count") else y
+        np.testing.assert_array_equal(x, want)
     else:  # without the guard the NaN reaches the parameters
       assert any(np.isnan(np.asarray(x)).any() for x in jax.tree.leaves(new.params))
   good, _ = step(state, batch())
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(good.params))
+
+
+@pytest.mark.slow
+def test_after_skipped_steps_the_applied_learning_rate_is_the_logged_one():
+  # SGD without momentum, clipping or weight decay: an update is exactly -lr * gradient, so the
+  # learning rate a step applied can be read off the parameters.
+  model = VisionTransformer(**TINY)
+  cfg = ml_collections.ConfigDict(dict(optimizer="sgd", grad_clip_norm=0.0, momentum=0.0,
+                                       weight_decay=0.0, adam_b1=0.9, adam_b2=0.999))
+  schedule = make_schedule(1.0, 0, 10, "linear")  # 1.0, 0.9, 0.8, ...: a new rate every step
+  tx = make_optimizer(cfg, schedule)
+  step = jax.jit(make_train_step(model, tx, schedule, loss="softmax_xent", accum_steps=1,
+                                 seed=0, skip_nonfinite=True))
+  state = init_state(model, tx, (8, 8, 1), seed=0)
+  bad = batch()
+  bad["image"][0] = np.nan
+  for b in (batch(), bad, bad, bad):  # one update, then three skipped steps
+    state, _ = step(state, b)
+  good = batch(seed=1)
+
+  def loss(params):
+    logits = model.apply({"params": params}, good["image"], train=True)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, good["label"]).mean()
+
+  grads = jax.grad(loss)(state.params)
+  new, metrics = step(state, good)
+  g = np.concatenate([np.ravel(x) for x in jax.tree.leaves(grads)])
+  delta = np.concatenate([np.ravel(a - b) for a, b in zip(jax.tree.leaves(new.params),
+                                                           jax.tree.leaves(state.params),
+                                                           strict=True)])
+  applied = -float(delta @ g / (g @ g))
+  assert float(metrics["train/lr"]) == pytest.approx(0.6)  # schedule(4): the fifth step
+  assert applied == pytest.approx(float(metrics["train/lr"]), rel=1e-4)

@@ -51,6 +51,11 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, image_shape: 
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
+def _is_count(path: tuple[Any, ...]) -> bool:
+  """Whether an optimizer-state leaf is one of Optax's step counts (schedules, bias correction)."""
+  return getattr(path[-1], "name", None) == "count"
+
+
 def _split_micro(x: jax.Array, accum_steps: int) -> jax.Array:
   # Micro-batch k takes rows k, k+A, k+2A, ...: each device's rows spread evenly over the
   # micro-batches, so no micro-batch has to move between devices.
@@ -66,7 +71,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
   `lax.scan`, so memory holds one micro-batch's activations however many there are. The
   summed gradients are kept in `grad_shardings` (the parameters' placement) when given.
   With `skip_nonfinite`, a step whose loss or gradient norm is not finite leaves the parameters
-  and optimizer state as they were (the step counter still advances).
+  and the optimizer's moments as they were, while the step counter and Optax's step counts
+  advance: the learning rate applied after a skip is `schedule(step)`, the one logged.
   """
 
   def loss_fn(params, images, labels, rng):
@@ -100,8 +106,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     params = optax.apply_updates(state.params, updates)
     if skip_nonfinite:
       finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
-      params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                                       (params, opt_state), (state.params, state.opt_state))
+      params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), params, state.params)
+      opt_state = jax.tree_util.tree_map_with_path(
+          lambda path, new, old: new if _is_count(path) else jnp.where(finite, new, old),
+          opt_state, state.opt_state)
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
     metrics = {"train/loss": value, "train/lr": schedule(state.step), "train/grad_norm": grad_norm}
     return new_state, metrics
