@@ -56,6 +56,17 @@ def resolve(implementation: str, dtype: Any, *, has_bias: bool = False) -> str:
   return "cudnn" if gpu_half and not has_bias else "xla"
 
 
+def _float32_logits(subscripts: str, query: jax.Array, key: jax.Array, **kwargs: Any) -> jax.Array:
+  """q.k products accumulated and returned in float32 (bfloat16 logits lose the softmax's tail)."""
+  return jnp.einsum(subscripts, query, key, preferred_element_type=jnp.float32, **kwargs)
+
+
+def _weighted_values(subscripts: str, weights: jax.Array, value: jax.Array,
+                     **kwargs: Any) -> jax.Array:
+  """The float32 attention weights, rounded to the values' dtype, applied to the values."""
+  return jnp.einsum(subscripts, weights.astype(value.dtype), value, **kwargs)
+
+
 def attention_fn(implementation: str, dtype: Any,
                  extra_bias: Callable[[jax.Array], jax.Array] | None = None) -> Callable:
   """An `attention_fn` for nn.MultiHeadDotProductAttention.
@@ -74,10 +85,13 @@ def attention_fn(implementation: str, dtype: Any,
       more = extra_bias(query)
       bias = more if bias is None else bias + more
     if impl == "plain":
+      # Logits and softmax in float32 whatever the compute dtype, as in the fused paths.
       return nn.dot_product_attention(
           query, key, value, bias=bias, mask=mask, dropout_rng=dropout_rng,
           dropout_rate=dropout_rate, broadcast_dropout=broadcast_dropout,
-          deterministic=deterministic, dtype=dtype, precision=precision)
+          deterministic=deterministic, dtype=dtype, precision=precision,
+          force_fp32_for_softmax=True, qk_attn_weights_einsum=_float32_logits,
+          attn_weights_value_einsum=_weighted_values)
     if dropout_rate > 0 and not deterministic:
       raise ValueError(f"attention '{impl}' has no attention dropout; use attention=plain")
     if bias is not None:
