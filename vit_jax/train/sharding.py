@@ -76,13 +76,7 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 def path_str(path: tuple[Any, ...]) -> str:
   """'/'-joined names of a pytree key path (dict keys, attribute names, sequence indices)."""
-  parts = []
-  for entry in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(entry, attr):
-        parts.append(str(getattr(entry, attr)))
-        break
-  return "/".join(parts)
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def rule_for(path: str) -> str:
