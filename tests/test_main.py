@@ -36,7 +36,7 @@ def rows(workdir: Path) -> list[dict]:
 @pytest.mark.slow
 def test_train_writes_every_output_and_a_second_run_resumes(tmp_path):
   workdir = tmp_path / "run"
-  # Scanned layers: the checkpoint holds per-layer names, which the few-shot command converts.
+  # Scanned layers: the checkpoint holds per-layer names, which the evaluation command reads.
   shots = ["--config.fewshot.shots=(1, 2)", "--config.fewshot.draws=2",
            "--config.fewshot.pool=200", "--config.model.scan_layers=True"]
   first = cli("--workdir", str(workdir), *TINY, *shots)
@@ -59,14 +59,42 @@ def test_train_writes_every_output_and_a_second_run_resumes(tmp_path):
   assert again.returncode == 0, again.stderr
   assert "already finished at step 6" in again.stderr
 
-  # Few-shot evaluation of the saved checkpoint repeats the one logged during training.
-  offline = subprocess.run([sys.executable, "-m", "vit_jax.evaluate.fewshot", "--workdir",
+  # Evaluating the saved checkpoint repeats the evaluation logged during training.
+  offline = subprocess.run([sys.executable, "-m", "vit_jax.evaluate", "--workdir",
                             str(workdir)], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert offline.returncode == 0, offline.stderr
   result = json.loads(offline.stdout.strip().splitlines()[-1])
   assert result["step"] == 6
-  for key in few:
+  for key in [*few, "eval/accuracy", "eval/loss"]:
     assert result[key] == pytest.approx(metrics[-1][key], abs=1e-6)
+
+
+# Runs a command in which no file may grow beyond LIMIT bytes: writes past it fail with EFBIG
+# ("File too large"), as SIGXFSZ is ignored (and stays ignored across exec).
+LIMITED = ("import os, resource, signal, sys\n"
+           "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+           "limit = int(sys.argv[1])\n"
+           "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))\n"
+           "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n")
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_exit_4(tmp_path):
+  # Checkpoint files of this model are 20-110 kB, its logs a few kB: every save fails.
+  workdir = tmp_path / "run"
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  result = subprocess.run(
+      [sys.executable, "-c", LIMITED, "16000", "-m", "vit_jax.main", "--config",
+       "configs/quickstart.py", "--workdir", str(workdir), *TINY], cwd=ROOT, capture_output=True,
+      text=True, timeout=300, env=env)
+  assert result.returncode == 4, result.stderr
+  lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+  assert lines == [f"error: could not write the checkpoint of step 3 to {workdir}/checkpoints/3: "
+                   "File too large; there is no complete checkpoint yet; fix the cause and run "
+                   "the same command to start again"]
+  assert "Traceback" not in result.stderr
+  assert max(r["step"] for r in rows(workdir)) < 6  # stopped before the next save
+  assert "Save Finalize thread (save_finalize) failed" in (workdir / "train.log").read_text()
 
 
 @pytest.mark.slow
@@ -139,7 +167,9 @@ BAD = {
     "unknown dataset": (["--config.dataset=no_such_dataset", "--config.download=False"],
                         "dataset 'no_such_dataset' is not available offline"),
     "unknown model name": (["--config={tmp}/unknown_model.py"],
-                           "model.name 'ViT-X/3' is not a preset and model.patch_size is unset"),
+                           "model.name 'ViT-X/3' is not a registered model"),
+    "misspelt model name": (["--config.model.name=ViT-Q/99"],
+                            "model.name 'ViT-Q/99' is not a registered model; did you mean "),
     "typo in a config file": (["--config={tmp}/typo.py"],
                               "unknown config key 'batchsize'; did you mean 'batch_size'?"),
     "wrong type in a config file": (["--config={tmp}/wrong_type.py"],
@@ -197,7 +227,15 @@ def make_bad_inputs(tmp):
   (tmp / "afile").write_text("a file where the workdir's parent should be\n")
 
 
-@pytest.mark.parametrize("case", sorted(BAD))
+# One case of each kind in the fast loop (-m "not slow"); every case in the full suite.
+FAST_BAD = {"unknown key", "image size", "batch vs devices", "unknown attention",
+            "misspelt model name", "several problems at once", "bad value", "init_from missing",
+            "typo in a config file", "half launch flags"}
+
+
+@pytest.mark.parametrize("case", [case if case in FAST_BAD else
+                                  pytest.param(case, marks=pytest.mark.slow)
+                                  for case in sorted(BAD)])
 def test_bad_input_is_one_line_exit_2_and_no_workdir(tmp_path, case):
   args, message = BAD[case]
   make_bad_inputs(tmp_path)
@@ -232,6 +270,7 @@ def test_workdir_of_another_config_is_left_alone(tmp_path):
   assert snapshot(workdir) == before
 
 
+@pytest.mark.slow
 def test_checkpoints_without_config_are_not_adopted(tmp_path):
   (tmp_path / "run" / "checkpoints" / "5").mkdir(parents=True)
   result = cli("--workdir", str(tmp_path / "run"), *TINY)
@@ -263,6 +302,7 @@ def test_init_from_a_run_at_another_resolution(tmp_path):
   assert f"Initialised from {exported} (patch grid 4x4 -> 8x8)" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_locked_workdir_is_refused_and_changes_nothing(tmp_path):
   workdir = tmp_path / "run"
   workdir.mkdir()

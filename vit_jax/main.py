@@ -1,15 +1,17 @@
 """Command line: `python -m vit_jax.main --config configs/X.py --workdir DIR [--config.k=v ...]`.
 
 Multi-process launches add `--coordinator_address/--num_processes/--process_id` or are detected
-(docs/multihost.md). The only module that reads flags.
+(docs/multihost.md).
 
 Exit status: 0 finished; 1 no checkpoint of the run can be read; 2 bad input (nothing written);
-3 a non-finite loss or gradient norm (the last checkpoint stays); 75 stopped by SIGTERM/SIGINT
-after committing a checkpoint (run the same command to resume); 128+N a second signal N.
+3 a non-finite loss or gradient norm (the last checkpoint stays); 4 a checkpoint could not be
+written (the newest complete one stays); 75 stopped by SIGTERM/SIGINT after committing a
+checkpoint (run the same command to resume); 128+N a second signal N.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -25,7 +27,10 @@ from vit_jax.train import preemption
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
+EXIT_SAVE_FAILED = 4
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: schedulers may requeue the job
+# OS errors that mean a file of the run cannot be written (rather than a bug): exit status 4.
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/b16.py or configs/b16.py:gap.", lock_config=True)
@@ -102,7 +107,8 @@ def _main(argv: Sequence[str]) -> None:
 
   from vit_jax import configuration, workdir_lock
   from vit_jax.data import pipeline
-  from vit_jax.io import pretrained
+  from vit_jax.data.types import DatasetError, Feed
+  from vit_jax.io import pretrained, runs
   from vit_jax.train import checkpoint, loop, metrics, multihost
 
   try:
@@ -115,7 +121,7 @@ def _main(argv: Sequence[str]) -> None:
     config = configuration.resolve_model(config)
     configuration.validate(config, device_count=jax.device_count(),
                            process_count=jax.process_count(), backend=jax.default_backend())
-    feed = pipeline.Feed.from_config(config, jax.process_index(), jax.process_count())
+    feed = Feed.from_config(config, jax.process_index(), jax.process_count())
     data = pipeline.load(config, feed)
     config = configuration.resolve_data(config, num_train=data.num_train,
                                         num_classes=data.num_classes, splits=data.splits)
@@ -123,13 +129,13 @@ def _main(argv: Sequence[str]) -> None:
                            process_count=jax.process_count(), backend=jax.default_backend())
     resuming = configuration.check_workdir(config, workdir)
     source = None
-    if config.init_from and not checkpoint.has_checkpoint(workdir):
+    if config.init_from and not runs.has_checkpoint(workdir):
       source = pretrained.load(config.init_from)
       try:
         loop.check_initial_params(config, source)
       except ValueError as e:
         raise pretrained.PretrainedError(f"init_from {config.init_from}: {e}") from None
-  except (configuration.ConfigError, pipeline.DatasetError, pretrained.PretrainedError) as e:
+  except (configuration.ConfigError, DatasetError, pretrained.PretrainedError) as e:
     problem = str(e)
   # Every process learns whether any failed its checks, so all stop together (none waits at a
   # barrier for a process that has exited) and none writes.
@@ -171,8 +177,29 @@ def _main(argv: Sequence[str]) -> None:
   except checkpoint.CheckpointError as e:
     logger.error("error: %s", e)
     sys.exit(EXIT_FAILED)
+  except checkpoint.CheckpointSaveError as e:
+    logger.error("error: %s", e)
+    _exit_quietly(EXIT_SAVE_FAILED)
+  except OSError as e:  # metrics or logs that cannot be written: a full disk, a quota
+    if e.errno not in WRITE_ERRORS:
+      raise
+    newest = max(runs.complete_steps(workdir), default=None)
+    logger.error("error: could not write %s: %s; %s", e.filename or workdir, e.strerror,
+                 checkpoint.resume_hint(newest))
+    _exit_quietly(EXIT_SAVE_FAILED)
   if "eval/accuracy" in row:
     logger.info("Finished: eval/accuracy %.4f", row["eval/accuracy"])
+
+
+def _exit_quietly(status: int) -> None:
+  """Exits after a failed write without the tracebacks its abandoned background I/O prints.
+
+  The other writes of a failed checkpoint finish after Orbax's event loop has closed and report
+  "Event loop is closed" as unraisable exceptions, dozens of them; the run's one-line error has
+  said what happened.
+  """
+  sys.unraisablehook = lambda unraisable: None
+  sys.exit(status)
 
 
 def run() -> None:

@@ -1,5 +1,7 @@
+import errno
 import json
 import math
+import os
 
 import jax
 import numpy as np
@@ -7,9 +9,11 @@ import pytest
 
 from configs import quickstart
 from vit_jax import configuration
-from vit_jax.data.pipeline import ArraySource, Feed
+from vit_jax.data.arrays import ArraySource
+from vit_jax.data.types import Feed
+from vit_jax.models import registry
 from vit_jax.train import loop, sharding
-from vit_jax.train.checkpoint import Checkpointer
+from vit_jax.train.checkpoint import Checkpointer, CheckpointSaveError
 from vit_jax.train.preemption import StopRequest
 
 
@@ -50,7 +54,7 @@ def stop_after(data, n):
 
 def final_params(workdir, config):
   ckpt = Checkpointer(str(workdir), 1, 3)
-  model = loop.model_from_config(config.model, config.num_classes)
+  model = registry.build(config.model, config.num_classes)
   params = model.init(jax.random.key(0), np.zeros((1, 8, 8, 1), np.float32))["params"]
   step = ckpt.latest_step()
   restored = ckpt.restore()
@@ -59,6 +63,7 @@ def final_params(workdir, config):
   return step, restored["params"]
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
   config = tiny_config()
   data = dataset(config)
@@ -91,6 +96,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
                              rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_finished_run_is_not_trained_again(tmp_path):
   config = tiny_config(total_steps=3)
   data = dataset(config)
@@ -103,6 +109,7 @@ def losses(workdir):
   return [r["train/loss"] for r in rows]
 
 
+@pytest.mark.slow
 def test_fsdp_sharded_run_matches_the_replicated_run(tmp_path):
   config = tiny_config(total_steps=5)
   data = dataset(config)
@@ -127,6 +134,7 @@ def test_fsdp_sharded_run_matches_the_replicated_run(tmp_path):
     np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_scanned_run_saves_per_layer_checkpoints_and_matches_the_plain_run(tmp_path):
   # SGD keeps the update proportional to the gradient, so summation-order noise stays small
   # (Adam would blow up the noise of the near-zero gradients of the first steps).
@@ -178,6 +186,7 @@ def restore(workdir, step):
   return state
 
 
+@pytest.mark.slow
 def test_a_stop_request_saves_the_current_step_and_the_resumed_run_is_identical(tmp_path):
   config = tiny_config()
   config.checkpoint_every = 100  # only the stop and the end save
@@ -211,6 +220,7 @@ def test_a_stop_requested_before_training_saves_nothing(tmp_path):
   assert Checkpointer(str(tmp_path), 1, 3).all_steps() == []
 
 
+@pytest.mark.slow
 def test_a_nan_batch_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):
   config = tiny_config()
   config.checkpoint_every = 3
@@ -225,6 +235,7 @@ def test_a_nan_batch_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint
   assert [r["step"] for r in rows] == [1, 2, 3]  # nothing of the bad step is logged
 
 
+@pytest.mark.slow
 def test_skip_mode_skips_the_nan_update_and_counts_it(tmp_path, caplog):
   config = tiny_config()
   config.nonfinite, config.keep_checkpoints = "skip", 10
@@ -242,6 +253,22 @@ def test_skip_mode_skips_the_nan_update_and_counts_it(tmp_path, caplog):
     np.testing.assert_array_equal(x, y)  # the skipped update changed nothing
 
 
+@pytest.mark.slow
+def test_three_skipped_steps_advance_optaxs_counts_with_the_step(tmp_path):
+  config = tiny_config()
+  config.nonfinite = "skip"
+  data = with_batches(dataset(config), lambda i, b: nan_at(i)(i, b) if i in (1, 2, 3) else b)
+  loop.train(config, data, str(tmp_path))
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["train/skipped"] for r in rows] == [0, 1, 1, 1, 0, 0]
+  final = restore(tmp_path, 6)
+  counts = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(final["opt_state"])[0]
+            if jax.tree_util.keystr(path, simple=True, separator="/").endswith("count")]
+  # Adam's bias correction and the schedule's count: 6 steps taken, 3 of them skipped.
+  assert len(counts) == 2 and all(int(c) == int(final["step"]) == 6 for c in counts)
+
+
+@pytest.mark.slow
 def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
   config = tiny_config()
   data = dataset(config)
@@ -258,3 +285,44 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, 
   for x, y in zip(jax.tree.leaves(final_params(tmp_path / "a", config)),
                   jax.tree.leaves(final_params(tmp_path / "b", config)), strict=True):
     np.testing.assert_array_equal(x, y)
+
+
+def fail_writing(monkeypatch, steps):
+  """Makes Orbax's background write of checkpoint `steps` fail as on a full disk.
+
+  The failure is raised where Orbax completes a write (renaming it to its step), in its
+  background thread, as a real failed write would be.
+  """
+  from orbax.checkpoint._src.path import async_path
+
+  rename = async_path.rename
+
+  async def failing_rename(src, dst):
+    if os.path.basename(str(dst)) in {str(s) for s in steps}:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+    return await rename(src, dst)
+
+  monkeypatch.setattr(async_path, "rename", failing_rename)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_naming_the_last_good_one(
+    tmp_path, monkeypatch):
+  config = tiny_config()
+  config.checkpoint_every = 2
+  fail_writing(monkeypatch, [4])
+  with pytest.raises(CheckpointSaveError) as failed:
+    loop.train(config, dataset(config), str(tmp_path))
+  assert str(failed.value) == (
+      f"could not write the checkpoint of step 4 to {tmp_path}/checkpoints/4: No space left on "
+      "device; the newest complete checkpoint is step 2; fix the cause and run the same command "
+      "to resume from it")
+  # Found before the next save at the latest: step 6 was never written, not even in part.
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2",
+                                                                        "4.orbax-checkpoint-tmp"]
+  assert Checkpointer(str(tmp_path), 1, 3).all_steps() == [2]
+  assert int(restore(tmp_path, 2)["step"]) == 2
+
+  monkeypatch.undo()  # space again: the same run resumes from step 2 and finishes
+  loop.train(config, dataset(config), str(tmp_path))
+  assert Checkpointer(str(tmp_path), 1, 3).latest_step() == 6

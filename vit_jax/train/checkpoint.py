@@ -3,20 +3,24 @@
 A checkpoint holds the TrainState (step, parameters, optimizer state). The random numbers and the
 data position are functions of the seed and the step, so the step is all a resume needs.
 A checkpoint that cannot be read (truncated, incomplete) is moved to `workdir/damaged_checkpoints`
-and the run resumes from the newest readable one.
+and the run resumes from the newest readable one. Writes run in the background; one that fails
+(a full disk, a broken file system) is found at the next `check`, save or close and raised as a
+`CheckpointSaveError`. Commands that only read a run use `vit_jax.io.runs` instead.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import re
 import shutil
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from vit_jax.io import runs
+from vit_jax.io.runs import error_reason
 from vit_jax.train import multihost
 
 
@@ -35,32 +39,53 @@ def _use_client_barriers() -> None:
     flags.FLAGS[name].value = True
 
 
-def error_reason(error: BaseException) -> str:
-  """The first line of an exception's message (Orbax/TensorStore detail cut), at most 200 chars."""
-  lines = str(error).strip().splitlines() or [type(error).__name__]
-  return lines[0].split(". See full TensorStore details")[0][:200]
-
-
 class CheckpointError(ValueError):
   """No checkpoint of a run can be read."""
+
+
+def resume_hint(newest: int | None) -> str:
+  """What a run that stopped on a failed write can resume from, and how."""
+  if newest is None:
+    return ("there is no complete checkpoint yet; fix the cause and run the same command to "
+            "start again")
+  return (f"the newest complete checkpoint is step {newest}; fix the cause and run the same "
+          "command to resume from it")
+
+
+class CheckpointSaveError(Exception):
+  """A checkpoint could not be written; the message names the step, the cause and the fallback."""
+
+  def __init__(self, step: int, path: str, cause: str, newest: int | None):
+    super().__init__(f"could not write the checkpoint of step {step} to {path}: {cause}; "
+                     f"{resume_hint(newest)}")
+    self.step, self.newest = step, newest
+
+
+def save_cause(error: BaseException) -> str:
+  """The reason a write failed, e.g. "No space left on device", from an OS or TensorStore error."""
+  if isinstance(error, OSError) and error.strerror:
+    return error.strerror
+  code = re.search(r"os_error_code='?(\d+)", str(error))  # how TensorStore reports OS errors
+  if code:
+    return os.strerror(int(code.group(1)))
+  return error_reason(error)
 
 
 class Checkpointer:
   """Saves every `every` steps, keeps the newest `keep`, restores the newest."""
 
-  def __init__(self, workdir: str, every: int, keep: int, *, read_only: bool = False):
+  def __init__(self, workdir: str, every: int, keep: int):
     if jax.process_count() > 1:
       _use_client_barriers()
     self.every = max(every, 1)
     # The interval is applied in save(): Orbax's own would also save the first step it sees.
     # cleanup_tmp_directories: a write killed part-way leaves a temporary directory behind.
-    # read_only: another run's directory, which may be in use, is neither created nor cleaned.
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                           cleanup_tmp_directories=not read_only,
-                                           read_only=read_only)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           cleanup_tmp_directories=True)
     self.workdir = os.path.abspath(workdir)
-    self.directory = os.path.join(self.workdir, "checkpoints")
+    self.directory = os.path.join(self.workdir, runs.CHECKPOINTS)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._writing: int | None = None  # the step whose background write is not yet known done
 
   def latest_step(self) -> int | None:
     """The step of the newest complete checkpoint, or None."""
@@ -129,36 +154,54 @@ class Checkpointer:
     return force or step % self.every == 0
 
   def save(self, step: int, state: Any, *, force: bool = False) -> bool:
-    """Saves `state` when `step` is on the interval (or `force`); returns whether it saved."""
+    """Starts writing `state` when `step` is on the interval (or `force`); returns whether.
+
+    Raises CheckpointSaveError when the previous write failed (Orbax waits for it anyway).
+    """
     if not self.due(step, force=force):
       return False
-    return self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    self.check(wait=True)
+    try:
+      saved = self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    except Exception as e:  # a write that fails at once, e.g. its directory cannot be made
+      raise self._failure(step, e) from None
+    self._writing = step if saved else None
+    return saved
+
+  def _failure(self, step: int, error: BaseException) -> CheckpointSaveError:
+    newest = max((s for s in runs.complete_steps(self.workdir) if s != step), default=None)
+    return CheckpointSaveError(step, os.path.join(self.directory, str(step)), save_cause(error),
+                               newest)
+
+  def _finish(self) -> CheckpointSaveError | None:
+    """Waits for the write in progress; the error it ended with, if any."""
+    step, self._writing = self._writing, None
+    if step is None:
+      return None
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # Orbax re-raises its background thread's error, of any type
+      return self._failure(step, e)
+    return None
+
+  def check(self, *, wait: bool = False) -> None:
+    """Raises CheckpointSaveError if the last write failed; without `wait` only if it ended.
+
+    A collective in multi-process runs (call it from every process at the same step), so all
+    processes stop together when any of them could not write its part.
+    """
+    done = wait or not self._manager.is_saving_in_progress()
+    failure = self._finish() if done else None
+    if multihost.any_process(failure is not None):
+      raise failure or CheckpointSaveError(
+          -1, self.directory, "another process could not write its part (see its log)", None)
 
   def close(self) -> None:
-    """Waits for pending writes to be committed."""
-    self._manager.wait_until_finished()
-    self._manager.close()
-
-
-def has_checkpoint(workdir: str) -> bool:
-  """Whether `workdir/checkpoints` holds a step directory (readable or not), touching nothing."""
-  directory = os.path.join(workdir, "checkpoints")
-  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
-
-
-def load_run_params(workdir: str) -> tuple[dict[str, Any], Any]:
-  """(config.json as a dict, parameters of the newest checkpoint) of an earlier run's workdir."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise ValueError(f"{path} not found; init_from must be a training run's workdir")
-  with open(path) as f:
-    config = json.load(f)
-  checkpoints = Checkpointer(workdir, 1, 1000, read_only=True)
-  try:
-    step = checkpoints.latest_step()
-    if step is None:
-      raise ValueError(f"{workdir} has no checkpoint; let that run save one first")
-    params = checkpoints.restore(None, step)["params"]
-  finally:
-    checkpoints.close()
-  return config, params
+    """Waits for pending writes; raises CheckpointSaveError if the last one failed."""
+    failure = self._finish()
+    try:
+      self._manager.close()
+    except Exception:  # the failure was already taken from Orbax; closing only cleans up
+      pass
+    if failure is not None:
+      raise failure

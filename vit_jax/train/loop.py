@@ -14,15 +14,14 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import tqdm
 
-from vit_jax.data.pipeline import Dataset
+from vit_jax.data.types import Dataset
 from vit_jax.evaluate import fewshot
 from vit_jax.evaluate.classification import evaluate
 from vit_jax.io import layers, posemb_resize
 from vit_jax.io.pretrained import Pretrained
-from vit_jax.models.vit import VisionTransformer
+from vit_jax.models import registry
 from vit_jax.train import multihost, optim, sharding
 from vit_jax.train import step as step_lib
 from vit_jax.train.checkpoint import Checkpointer
@@ -40,30 +39,6 @@ class Interrupted(Exception):
 
 class NonFiniteError(Exception):
   """A step produced a non-finite loss or gradient norm; its state was not saved."""
-
-
-def model_from_config(model: Any, num_classes: int) -> VisionTransformer:
-  """Builds the ViT described by a resolved `config.model`."""
-  return VisionTransformer(
-      num_classes=num_classes,
-      patch_size=model.patch_size,
-      hidden_size=model.hidden_size,
-      num_layers=model.num_layers,
-      num_heads=model.num_heads,
-      mlp_dim=model.mlp_dim,
-      posemb=model.posemb,
-      posemb_mode=model.posemb_mode,
-      pool=model.pool,
-      representation_size=model.representation_size,
-      dropout=model.dropout,
-      attention_dropout=model.attention_dropout,
-      head_bias_init=model.head_bias_init,
-      # Runs written before these options existed used Flax's attention and no remat or scan.
-      attention=model.get("attention", "plain"),
-      remat=model.get("remat", "none"),
-      scan_layers=model.get("scan_layers", False),
-      dtype=jnp.dtype(model.dtype),
-  )
 
 
 def _grid(config: Any) -> tuple[int, int]:
@@ -95,17 +70,9 @@ def check_initial_params(config: Any, source: Pretrained) -> None:
                              _grid(config), config.posemb_resample)
 
 
-def _fmt_eta(seconds: float | None) -> str:
-  if seconds is None:
-    return "--:--:--"
-  minutes, secs = divmod(int(seconds), 60)
-  hours, minutes = divmod(minutes, 60)
-  return f"{hours}:{minutes:02d}:{secs:02d}"
-
-
-def components(config: Any) -> tuple[VisionTransformer, Any, Any, Any]:
+def components(config: Any) -> tuple[Any, Any, Any, Any]:
   """(model, lr schedule, optimizer, init_fn() -> initial TrainState) of a resolved config."""
-  model = model_from_config(config.model, config.num_classes)
+  model = registry.build(config.model, config.num_classes)
   schedule = optim.make_schedule(config.lr, config.warmup_steps, config.total_steps,
                                  config.decay)
   tx = optim.make_optimizer(config, schedule)
@@ -273,6 +240,7 @@ def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = N
       if log_now or eval_now or save_now or stop_now:
         finite.flush()  # nothing non-finite is logged as a result, evaluated or saved
       if log_now:
+        checkpoints.check()  # a failed background write stops the run here at the latest
         row.update(jax.device_get(metrics))
         elapsed = time.perf_counter() - window_start
         img_per_sec = window_steps * config.batch_size / elapsed if window_steps else 0.0
@@ -285,7 +253,8 @@ def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = N
           window_skipped = finite.skipped
         progress.set_postfix(loss=f"{row['train/loss']:.4f}", img_s=f"{img_per_sec:.0f}")
         logger.info("step %d/%d  loss %.4f  lr %.3g  %.0f img/s  ETA %s", step, total,
-                    row["train/loss"], row["train/lr"], img_per_sec, _fmt_eta(eta))
+                    row["train/loss"], row["train/lr"], img_per_sec,
+                    "?" if eta is None else tqdm.tqdm.format_interval(eta))
         window_start, window_steps = time.perf_counter(), 0
       if stop_now:  # written (asynchronously) before a possibly long evaluation
         checkpoints.save(step, where.to_stored(state), force=True)
@@ -310,6 +279,8 @@ def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = N
     finite.flush()
   finally:
     progress.close()
-    checkpoints.close()  # commits pending writes, also when interrupted
     writer.close()
+    # Commits pending writes, also when interrupted. A write that failed is raised in place of
+    # whatever else ended the loop: the checkpoint that exception may promise does not exist.
+    checkpoints.close()
   return row

@@ -11,6 +11,16 @@ from typing import Any
 import tqdm
 
 LOGGER = "vit_jax"
+# Libraries that report a failed background write with tracebacks through absl or Python logging
+# (Orbax, TensorStore, asyncio's unretrieved task errors). Their records go to train.log only; the
+# console gets the run's own one-line error (a CheckpointSaveError, exit status 4).
+LIBRARY_SOURCES = ("/orbax/", "/tensorstore/", "/asyncio/")
+
+
+def from_library(record: logging.LogRecord) -> bool:
+  """Whether a log record comes from one of `LIBRARY_SOURCES`."""
+  path = record.pathname.replace("\\", "/")
+  return any(source in path for source in LIBRARY_SOURCES)
 
 
 def write_atomically(path: str, text: str) -> None:
@@ -28,8 +38,51 @@ class _TqdmHandler(logging.StreamHandler):
     tqdm.tqdm.write(self.format(record), file=sys.stderr)
 
 
+class LogFile(logging.FileHandler):
+  """A log file that, when it cannot be written (a full disk), is skipped without a word.
+
+  The console still shows every line; Python's default would print a traceback for each record.
+  """
+
+  def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+    del record
+
+
+class _FirstLine(logging.Formatter):
+  """One line per record, without the traceback (library errors can be long and repeated)."""
+
+  def format(self, record: logging.LogRecord) -> str:
+    lines = record.getMessage().strip().splitlines() or [""]
+    return f"{self.formatTime(record)} {record.name} {record.levelname} {lines[0][:1000]}"
+
+
+class _NotFromLibrary(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not from_library(record)
+
+
+def _route_library_records(workdir: str, write: bool) -> None:
+  """Keeps `LIBRARY_SOURCES` records off absl's console handler and (if `write`) in train.log."""
+  from absl import logging as absl_logging
+
+  console = absl_logging.get_absl_handler()
+  if not any(isinstance(f, _NotFromLibrary) for f in console.filters):
+    console.addFilter(_NotFromLibrary())
+  root = logging.getLogger()
+  for handler in [h for h in root.handlers if getattr(h, "vit_jax_library_log", False)]:
+    handler.close()
+    root.removeHandler(handler)
+  if write:
+    file = LogFile(os.path.join(workdir, "train.log"))
+    file.setFormatter(_FirstLine())
+    file.addFilter(from_library)
+    file.vit_jax_library_log = True
+    root.addHandler(file)
+
+
 def setup_logging(workdir: str, *, write: bool = True) -> logging.Logger:
   """Logs to the console and (if `write`) appends to workdir/train.log."""
+  _route_library_records(workdir, write)
   logger = logging.getLogger(LOGGER)
   logger.setLevel(logging.INFO)
   logger.propagate = False
@@ -40,7 +93,7 @@ def setup_logging(workdir: str, *, write: bool = True) -> logging.Logger:
   console.setFormatter(logging.Formatter("%(message)s"))
   logger.addHandler(console)
   if write:
-    file = logging.FileHandler(os.path.join(workdir, "train.log"))
+    file = LogFile(os.path.join(workdir, "train.log"))
     file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logger.addHandler(file)
   return logger
