@@ -14,6 +14,7 @@ def params(**kw):
   return model, model.init(jax.random.key(0), np.zeros((1, 8, 8, 1), np.float32))["params"]
 
 
+@pytest.mark.slow
 def test_stacking_gives_the_scanned_models_structure_and_the_same_outputs():
   plain, per_layer = params()
   scanned_model, scanned_init = params(scan_layers=True)
@@ -26,6 +27,7 @@ def test_stacking_gives_the_scanned_models_structure_and_the_same_outputs():
                              plain.apply({"params": per_layer}, images), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_round_trip_is_exact_and_layer_i_is_slice_i():
   _, per_layer = params()
   scanned = layers.to_scanned(per_layer)
@@ -38,6 +40,7 @@ def test_round_trip_is_exact_and_layer_i_is_slice_i():
   np.testing.assert_array_equal(stacked["kernel"][2], q["kernel"])
 
 
+@pytest.mark.slow
 def test_optimizer_states_that_mirror_the_parameters_convert_too():
   _, per_layer = params()
   # Adam moments only for kernels: elsewhere the state holds MaskedNode placeholders, and

@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vit_jax.models.heads import MAPHead
 from vit_jax.models.vit import VisionTransformer
@@ -18,6 +19,7 @@ def test_map_head_pools_tokens_in_any_order():
                                    "MlpBlock_0"}
 
 
+@pytest.mark.slow
 def test_map_pooling_model_has_no_class_token_and_its_own_head():
   model = VisionTransformer(num_classes=4, patch_size=4, hidden_size=16, num_layers=1,
                             num_heads=2, mlp_dim=32, pool="map")

@@ -12,6 +12,7 @@ def init(model, shape):
   return model.init(jax.random.key(0), jnp.zeros(shape))["params"]
 
 
+@pytest.mark.slow
 def test_output_shape_and_dtype():
   model = VisionTransformer(**TINY)
   params = init(model, (1, 32, 32, 3))
@@ -20,6 +21,7 @@ def test_output_shape_and_dtype():
   assert logits.dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_non_square_input_uses_the_whole_grid():
   model = VisionTransformer(**TINY)
   params = init(model, (1, 32, 48, 3))  # 4 x 6 patches
@@ -90,6 +92,7 @@ def test_tokens_are_in_raster_order():
   np.testing.assert_allclose(a[1], b[1], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_dropout_only_in_training():
   model = VisionTransformer(**TINY, dropout=0.5, pool="gap")
   params = init(model, (1, 32, 32, 3))
@@ -102,6 +105,7 @@ def test_dropout_only_in_training():
   assert not np.allclose(eval_a, train)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_parameters():
   f32 = VisionTransformer(**TINY, pool="gap")
   bf16 = VisionTransformer(**TINY, pool="gap", dtype=jnp.bfloat16)
@@ -135,6 +139,7 @@ def _with_random_head(params):
   return params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
 def test_remat_changes_memory_not_gradients(policy):
   images = jax.random.normal(jax.random.key(1), (2, 16, 24, 3))
@@ -146,6 +151,7 @@ def test_remat_changes_memory_not_gradients(policy):
   _assert_same_gradients(grads, grads_r)
 
 
+@pytest.mark.slow
 def test_scanned_layers_give_the_same_outputs_and_gradients():
   from vit_jax.io import layers
 

@@ -39,6 +39,7 @@ def test_clipping_bounds_the_global_norm():
   assert float(jnp.linalg.norm(updates["w"])) == pytest.approx(1.0, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_weight_decay_is_decoupled_and_hits_only_kernels():
   model = VisionTransformer(num_classes=3, patch_size=4, hidden_size=8, num_layers=1,
                             num_heads=2, mlp_dim=8)
