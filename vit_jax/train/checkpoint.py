@@ -164,14 +164,13 @@ class Checkpointer:
     try:
       saved = self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
     except Exception as e:  # a write that fails at once, e.g. its directory cannot be made
-      raise self._failure(step, e) from None
+      raise self._failure(step, save_cause(e)) from None
     self._writing = step if saved else None
     return saved
 
-  def _failure(self, step: int, error: BaseException) -> CheckpointSaveError:
+  def _failure(self, step: int, cause: str) -> CheckpointSaveError:
     newest = max((s for s in runs.complete_steps(self.workdir) if s != step), default=None)
-    return CheckpointSaveError(step, os.path.join(self.directory, str(step)), save_cause(error),
-                               newest)
+    return CheckpointSaveError(step, os.path.join(self.directory, str(step)), cause, newest)
 
   def _finish(self) -> CheckpointSaveError | None:
     """Waits for the write in progress; the error it ended with, if any."""
@@ -181,7 +180,7 @@ class Checkpointer:
     try:
       self._manager.wait_until_finished()
     except Exception as e:  # Orbax re-raises its background thread's error, of any type
-      return self._failure(step, e)
+      return self._failure(step, save_cause(e))
     return None
 
   def check(self, *, wait: bool = False) -> None:
@@ -190,11 +189,12 @@ class Checkpointer:
     A collective in multi-process runs (call it from every process at the same step), so all
     processes stop together when any of them could not write its part.
     """
+    step = self._writing
     done = wait or not self._manager.is_saving_in_progress()
     failure = self._finish() if done else None
     if multihost.any_process(failure is not None):
-      raise failure or CheckpointSaveError(
-          -1, self.directory, "another process could not write its part (see its log)", None)
+      raise failure or self._failure(step if step is not None else -1,
+                                     "another process could not write its part (see its log)")
 
   def close(self) -> None:
     """Waits for pending writes; raises CheckpointSaveError if the last one failed."""
