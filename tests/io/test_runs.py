@@ -91,3 +91,15 @@ def test_what_is_no_run_is_a_one_line_error(tmp_path, capsys):
   err = capsys.readouterr().err
   assert err.startswith("error: ") and "has no checkpoint yet" in err and len(err.splitlines()) == 1
   assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+@pytest.mark.slow
+def test_a_run_of_an_unregistered_model_name_is_a_one_line_error(run_dir, tmp_path, capsys):
+  workdir = tmp_path / "run"
+  shutil.copytree(run_dir, workdir)
+  config = json.loads((workdir / "config.json").read_text())
+  config["model"]["name"] = "ViT-quickstart/7"  # a name the registry does not know
+  (workdir / "config.json").write_text(json.dumps(config))
+  assert evaluate_cli.main(["--workdir", str(workdir)]) == 2
+  err = capsys.readouterr().err
+  assert len(err.splitlines()) == 1 and "model.name 'ViT-quickstart/7' is not a registered" in err

@@ -32,7 +32,7 @@ def evaluate_run(workdir: str, step: int | None = None,
                  shots: tuple[int, ...] | None = None) -> dict[str, Any]:
   """The metrics of checkpoint `step` (default: the newest) of the run in `workdir`.
 
-  Raises RunError or DatasetError (one line) when the run or its data cannot be read.
+  Raises RunError or DatasetError (one line) when the run, its model or its data cannot be read.
   """
   import jax
   from ml_collections import ConfigDict
@@ -54,7 +54,10 @@ def evaluate_run(workdir: str, step: int | None = None,
   data = pipeline.load(config, feed)
   # Checkpoints hold per-layer parameters: evaluate with the per-layer model, whatever the run's
   # layout, on as many devices as divide the evaluation batch.
-  model = registry.build({**config.model.to_dict(), "scan_layers": False}, config.num_classes)
+  try:
+    model = registry.build({**config.model.to_dict(), "scan_layers": False}, config.num_classes)
+  except registry.ModelNameError as e:  # e.g. a run made before its name was registered
+    raise runs.RunError(f"{workdir}/config.json: {e}; a custom size is named ViT-custom") from None
   devices = jax.devices()[:math.gcd(feed.eval_batch_size, jax.device_count())]
   mesh = sharding.make_mesh(devices=devices)
   repl, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
