@@ -53,11 +53,12 @@ def evaluate_run(workdir: str, step: int | None = None,
   feed = Feed.from_config(config, jax.process_index(), jax.process_count())
   data = pipeline.load(config, feed)
   # Checkpoints hold per-layer parameters: evaluate with the per-layer model, whatever the run's
-  # layout, on as many devices as divide the evaluation batch.
+  # layout.
   try:
     model = registry.build({**config.model.to_dict(), "scan_layers": False}, config.num_classes)
   except registry.ModelNameError as e:  # e.g. a run made before its name was registered
     raise runs.RunError(f"{workdir}/config.json: {e}; a custom size is named ViT-custom") from None
+  # As many devices as divide the evaluation batch (the run may have had other devices).
   devices = jax.devices()[:math.gcd(feed.eval_batch_size, jax.device_count())]
   mesh = sharding.make_mesh(devices=devices)
   repl, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
