@@ -16,8 +16,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vit_jax.io import layers
-
 CHECKPOINTS = "checkpoints"  # the subdirectory of a workdir that holds its checkpoints
 
 
@@ -96,8 +94,11 @@ class Run:
     return jax.tree.map(np.asarray, jax.device_get(restored))
 
   def params(self, step: int | None = None) -> dict[str, Any]:
-    """Per-layer parameters (host numpy arrays) of checkpoint `step` (default: the newest)."""
-    return layers.to_per_layer(self.state(step)["params"])
+    """Per-layer parameters (host numpy arrays) of checkpoint `step` (default: the newest).
+
+    Checkpoints always hold per-layer names (the trainer converts a scanned model's state).
+    """
+    return self.state(step)["params"]
 
   def grid(self) -> tuple[int, int]:
     """The patch grid the run trained at, from its config."""
