@@ -173,3 +173,13 @@ def test_scanned_layers_give_the_same_outputs_and_gradients():
 def test_bad_memory_options_are_clear_errors(kw, message):
   with pytest.raises(ValueError, match=message):
     VisionTransformer(**TINY, **kw).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+
+
+def test_uint8_pixels_are_mapped_to_minus_one_one_by_the_model():
+  model = VisionTransformer(num_classes=3, patch_size=4, hidden_size=16, num_layers=1,
+                           num_heads=2, mlp_dim=16)
+  pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)).astype(np.uint8)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+  scaled = pixels.astype(np.float32) / 127.5 - 1.0  # the independent definition
+  np.testing.assert_allclose(model.apply(params, pixels), model.apply(params, scaled),
+                             rtol=1e-6, atol=1e-6)

@@ -86,6 +86,30 @@ def test_accumulated_gradient_matches_the_mean_gradient():
     np.testing.assert_allclose(p0 - p1, g, rtol=2e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("accum_steps", [1, 4])
+def test_rows_with_mask_0_count_for_nothing(accum_steps):
+  # Independent truth: the gradient of the mean loss over the rows that were read.
+  model = VisionTransformer(**TINY)
+  b = batch(n=16)
+  b["mask"][[2, 5, 11]] = 0.0  # images the input pipeline could not read
+  keep = b["mask"] == 1
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+
+  def loss(p):
+    logits = model.apply({"params": p}, b["image"][keep])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, b["label"][keep]).mean()
+
+  value, direct = jax.value_and_grad(loss)(params)
+  tx, schedule = optax.sgd(1.0), make_schedule(1.0, 0, 10, "constant")
+  state = init_state(model, tx, (8, 8, 1), seed=0)
+  new, metrics = jax.jit(make_train_step(model, tx, schedule, loss="softmax_xent",
+                                         accum_steps=accum_steps, seed=0))(state, b)
+  np.testing.assert_allclose(metrics["train/loss"], value, rtol=1e-5)
+  for g, p0, p1 in zip(jax.tree.leaves(direct), jax.tree.leaves(state.params),
+                       jax.tree.leaves(new.params), strict=True):
+    np.testing.assert_allclose(p0 - p1, g, rtol=2e-4, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_update_of_4_micro_batches_equals_the_full_batch_update_to_1e_5():
   # One SGD step with learning rate 1: the update is minus the (mean) gradient.

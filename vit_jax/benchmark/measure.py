@@ -31,6 +31,7 @@ class Setup:
   accum_steps: int = 1
   fsdp: int = 1
   moment_dtype: str = "float32"
+  input_dtype: str = "float32"  # float32 (in [-1, 1]) | uint8 (what the input pipelines give)
 
 
 # The benchmark's flags for the config keys that the model's checks name.
@@ -96,8 +97,10 @@ def compile_step(setup: Setup) -> tuple[Any, tuple[Any, ...], float]:
   mesh = sharding.make_mesh(-1, setup.fsdp)
   batch_sh = sharding.batch_sharded(mesh)
   rng = np.random.default_rng(0)
-  images = rng.normal(size=(setup.batch, setup.image_size, setup.image_size, 3))
-  images = jax.device_put(images.astype(np.float32), batch_sh)
+  shape = (setup.batch, setup.image_size, setup.image_size, 3)
+  images = (rng.integers(0, 256, shape).astype(np.uint8) if setup.input_dtype == "uint8"
+            else rng.normal(size=shape).astype(np.float32))
+  images = jax.device_put(images, batch_sh)
   labels = jax.device_put(rng.integers(0, setup.num_classes, setup.batch).astype(np.int32),
                           batch_sh)
   schedule = optim.make_schedule(1e-3, 0, 1000, "constant")
@@ -111,7 +114,8 @@ def compile_step(setup: Setup) -> tuple[Any, tuple[Any, ...], float]:
                                           grad_shardings=state_sh.params),
                  in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
                  donate_argnums=0)
-    args = (state, {"image": images, "label": labels})
+    args = (state, {"image": images, "label": labels,
+                    "mask": jax.device_put(np.ones(setup.batch, np.float32), batch_sh)})
   elif setup.mode == "infer":
     fn = jax.jit(lambda params, x: model.apply({"params": params}, x),
                  in_shardings=(state_sh.params, batch_sh))

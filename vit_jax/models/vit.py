@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models import attention, flops, posemb
+from vit_jax.models import attention, flops, inputs, posemb
 from vit_jax.models.family import Family
 from vit_jax.models.heads import MAPHead
 from vit_jax.models.mlp import MlpBlock
@@ -200,7 +200,7 @@ class VisionTransformer(nn.Module):
     dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     p = self.patch_size
     x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding="VALID", name="embedding", **dt)(
-        images.astype(self.dtype)
+        inputs.to_unit_range(images).astype(self.dtype)
     )
     x = x.reshape(batch, -1, self.hidden_size)  # patches in raster (row-major) order
     if self.pool == "token":

@@ -75,23 +75,26 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
   advance: the learning rate applied after a skip is `schedule(step)`, the one logged.
   """
 
-  def loss_fn(params, images, labels, rng):
+  def loss_fn(params, images, labels, mask, rng, count):
     logits = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
-    return per_example_loss(logits, labels, loss).mean()
+    return jnp.sum(per_example_loss(logits, labels, loss) * mask) / count
 
   grad_fn = jax.value_and_grad(loss_fn)
 
   def step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
+    # The mean over the examples of the whole batch that were read (mask 1): rows of images the
+    # input pipeline could not read carry mask 0 and count for nothing.
+    count = jnp.maximum(jnp.sum(batch["mask"]), 1.0)
     if accum_steps == 1:
-      value, grads = grad_fn(state.params, batch["image"], batch["label"], rng)
+      value, grads = grad_fn(state.params, batch["image"], batch["label"], batch["mask"], rng,
+                             count)
     else:
-      images = _split_micro(batch["image"], accum_steps)
-      labels = _split_micro(batch["label"], accum_steps)
+      micro_batches = [_split_micro(batch[k], accum_steps) for k in ("image", "label", "mask")]
 
       def micro(carry, xs):
-        k, im, lb = xs
-        v, g = grad_fn(state.params, im, lb, jax.random.fold_in(rng, k))
+        k, im, lb, mk = xs
+        v, g = grad_fn(state.params, im, lb, mk, jax.random.fold_in(rng, k), count)
         total_v, total_g = carry
         return (total_v + v, jax.tree.map(jnp.add, total_g, g)), None
 
@@ -99,8 +102,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
       if grad_shardings is not None:
         zeros = jax.lax.with_sharding_constraint(zeros, grad_shardings)
       (value, grads), _ = jax.lax.scan(
-          micro, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(accum_steps), images, labels))
-      value, grads = value / accum_steps, jax.tree.map(lambda g: g / accum_steps, grads)
+          micro, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(accum_steps), *micro_batches))
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
