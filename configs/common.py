@@ -12,16 +12,22 @@ def get_config() -> ml_collections.ConfigDict:
   """The shared defaults; run configs change what differs from them."""
   c = ml_collections.ConfigDict()
   # Data.
-  c.dataset = "bundled_mnist"  # "bundled_mnist" or a tensorflow-datasets name
+  # "bundled_mnist", "folder:/path" (/path/train/<class>/*, /path/test/<class>/*) or a
+  # tensorflow-datasets name (read by random access: prepared as ArrayRecord).
+  c.dataset = "bundled_mnist"
   c.data_dir = placeholder(str)  # tfds data_dir (default ~/tensorflow_datasets)
   c.manual_dir = placeholder(str)  # tfds manual_dir for datasets downloaded by hand
   c.download = True  # let tfds download and prepare a missing dataset
-  c.train_split = placeholder(str)  # default: the dataset's training split
-  c.eval_split = placeholder(str)  # default: its test (or validation) split
+  c.train_split = placeholder(str)  # default: the dataset's training split (presets: minus
+  c.eval_split = placeholder(str)  # a held-out minival, the default evaluation split)
   c.num_classes = placeholder(int)  # default: from the dataset
   c.image_size = 224
   c.image_channels = 3
   c.augment = "none"  # none | flip | shift | inception_crop | inception_crop_flip
+  c.eval_resize_small = 0  # evaluation: 0 resizes the image; S resizes its shorter side to S
+  #                          and keeps the central image_size crop
+  c.bad_images = "skip"  # an unreadable image: "skip" it (logged, counted) or "stop" the run
+  c.data_workers = 0  # threads preparing batches; 0: one per CPU core
   # Schedule.
   c.batch_size = 512  # global batch, over all devices and processes
   c.accum_steps = 1  # micro-batches per step (gradient accumulation)

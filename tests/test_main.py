@@ -198,6 +198,17 @@ BAD = {
     "init_from other architecture": (["--config.init_from={tmp}/wide.npz"],
                                      "in the checkpoint but (128,) in this model"),
     "workdir inside a file": (["--workdir={tmp}/afile/run"], "cannot be created"),
+    "folder without a test split": (["--config.dataset=folder:{tmp}/imgs_no_test"],
+                                    "has no evaluation split: add"),
+    "folder class only in test": (["--config.dataset=folder:{tmp}/imgs_extra"],
+                                  "has classes the training split lacks: 7"),
+    "folder with an empty class": (["--config.dataset=folder:{tmp}/imgs_empty"],
+                                   "imgs_empty/train/1 has no image files"),
+    "folder missing": (["--config.dataset=folder:{tmp}/nowhere"], "nowhere does not exist"),
+    "unknown bad_images policy": (["--config.bad_images=ignore"],
+                                  "bad_images 'ignore' is not one of skip, stop"),
+    "eval crop above its resize": (["--config.eval_resize_small=20"],
+                                   "eval_resize_small 20 is below image_size 28"),
 }
 
 
@@ -225,12 +236,29 @@ def make_bad_inputs(tmp):
                                 "Transformer/encoder_norm/scale": np.ones(64, np.float32),
                                 "Transformer/encoder_norm/bias": np.zeros(64, np.float32)})
   (tmp / "afile").write_text("a file where the workdir's parent should be\n")
+  write_image_folders(tmp)
+
+
+def write_image_folders(tmp):
+  """Image folders with one layout problem each (a few 28x28 PNGs per class)."""
+  from PIL import Image
+
+  def folder(root, layout):
+    for split, classes in layout.items():
+      for name, count in classes.items():
+        (root / split / name).mkdir(parents=True)
+        for i in range(count):
+          Image.new("L", (28, 28), 40 * i).save(root / split / name / f"{i}.png")
+
+  folder(tmp / "imgs_no_test", {"train": {"0": 2, "1": 2}})
+  folder(tmp / "imgs_extra", {"train": {"0": 2, "1": 2}, "test": {"0": 1, "7": 1}})
+  folder(tmp / "imgs_empty", {"train": {"0": 2, "1": 0}, "test": {"0": 1}})
 
 
 # One case of each kind in the fast loop (-m "not slow"); every case in the full suite.
 FAST_BAD = {"unknown key", "image size", "batch vs devices", "unknown attention",
             "misspelt model name", "several problems at once", "bad value", "init_from missing",
-            "typo in a config file", "half launch flags"}
+            "typo in a config file", "half launch flags", "folder class only in test"}
 
 
 @pytest.mark.parametrize("case", [case if case in FAST_BAD else
@@ -385,3 +413,31 @@ def test_sigterm_in_a_distributed_run_saves_and_exits_75(tmp_path):
   assert stopped, text[-2000:]
   saved = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
   assert saved == [int(stopped.group(1))]
+
+
+@pytest.mark.slow
+def test_a_folder_with_a_corrupt_jpeg_trains_names_and_counts_it(tmp_path):
+  from vit_jax.data import bundled
+
+  digits = tmp_path / "digits"
+  bundled.write_folder(str(digits), "jpg", per_class=2)  # 20 training images, 20 test images
+  bad = digits / "train" / "3" / "broken.jpg"
+  bad.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 2)
+  workdir = tmp_path / "run"
+  result = cli("--workdir", str(workdir), *TINY, f"--config.dataset=folder:{digits}")
+  assert result.returncode == 0, result.stderr
+  assert f"skipped unreadable image {bad}" in (workdir / "train.log").read_text()
+  logged = [r for r in rows(workdir) if "data/skipped" in r]
+  # 6 steps of 16 cover the 21 files more than four times: each time the broken one is skipped.
+  assert sum(r["data/skipped"] for r in logged) >= 4
+  assert all(0 <= r["data/wait_fraction"] < 1 for r in logged)
+  assert (workdir / "classes.txt").read_text().split() == [str(d) for d in range(10)]
+
+  # Renamed class folders would change what the labels mean: a resume is refused untouched.
+  (digits / "train" / "9").rename(digits / "train" / "nine")
+  (digits / "test" / "9").rename(digits / "test" / "nine")
+  before = snapshot(workdir)
+  again = cli("--workdir", str(workdir), *TINY, f"--config.dataset=folder:{digits}")
+  assert again.returncode == 2 and "classes differ from those this run started with" in (
+      again.stderr), again.stderr
+  assert snapshot(workdir) == before

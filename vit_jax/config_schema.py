@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import ml_collections
 
-from vit_jax.data import preprocess
+from vit_jax.data import types as data_types
 from vit_jax.io import posemb_resize
 from vit_jax.models import registry
 from vit_jax.models.vit import POOLS
@@ -51,7 +51,10 @@ SCHEMA: dict[str, Field] = {
     "num_classes": Field(INT, POSITIVE, optional=True),
     "image_size": Field(INT, POSITIVE, see="divisible by model.patch_size"),
     "image_channels": Field(INT, (1, 3)),
-    "augment": Field(STR, preprocess.AUGMENTS),
+    "augment": Field(STR, data_types.AUGMENTS),
+    "eval_resize_small": Field(INT, AT_LEAST_0, see="0 or at least image_size"),
+    "bad_images": Field(STR, data_types.BAD_IMAGES),
+    "data_workers": Field(INT, AT_LEAST_0),
     # Schedule.
     "batch_size": Field(INT, POSITIVE, see="divisible by accum_steps, devices and processes"),
     "accum_steps": Field(INT, POSITIVE),

@@ -103,6 +103,10 @@ def _relations(v: dict[str, Any], device_count: int, process_count: int,
       sharding.mesh_shape(v["mesh.data"], v["mesh.fsdp"], device_count)
     except ValueError as e:
       problems.append(str(e))
+  if have("eval_resize_small", "image_size") and 0 < v["eval_resize_small"] < v["image_size"]:
+    problems.append(f"eval_resize_small {v['eval_resize_small']} is below image_size "
+                    f"{v['image_size']}; use 0 (resize the whole image) or at least "
+                    f"{v['image_size']}")
   problems += registry.check(v, backend)
   if v.get("init_from"):
     problems.append(_init_from_problem(v["init_from"]))
@@ -152,9 +156,10 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 LAYOUT_KEYS = ("mesh.", "model.attention", "model.remat", "model.scan_layers")
 # Settings of what a run does when something goes wrong, which may also change on resuming: e.g.
 # a run that stopped on a non-finite loss is resumed with nonfinite=skip.
-RECOVERY_KEYS = ("nonfinite",)
+RECOVERY_KEYS = ("nonfinite", "bad_images", "data_workers")
 # Keys added after runs were already written, with the value those runs used.
-ADDED_KEYS: dict[str, Any] = {"moment_dtype": "float32", "nonfinite": "stop"}
+ADDED_KEYS: dict[str, Any] = {"moment_dtype": "float32", "nonfinite": "stop",
+                              "eval_resize_small": 0, "bad_images": "skip", "data_workers": 0}
 
 
 def _may_change(key: str) -> bool:

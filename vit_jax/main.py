@@ -25,6 +25,7 @@ from ml_collections import ConfigDict, config_flags
 from vit_jax.train import preemption
 
 EXIT_FAILED = 1
+CLASSES = "classes.txt"  # label i's name on line i+1, for datasets with class names
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
 EXIT_SAVE_FAILED = 4
@@ -128,6 +129,7 @@ def _main(argv: Sequence[str]) -> None:
     configuration.validate(config, device_count=jax.device_count(),
                            process_count=jax.process_count(), backend=jax.default_backend())
     resuming = configuration.check_workdir(config, workdir)
+    _check_classes(workdir, data.class_names)
     source = None
     if config.init_from and not runs.has_checkpoint(workdir):
       source = pretrained.load(config.init_from)
@@ -157,6 +159,8 @@ def _main(argv: Sequence[str]) -> None:
     fail(problem or "process 0 cannot use the workdir; see its error line")
   if lead and not resuming:
     metrics.write_atomically(os.path.join(workdir, "config.json"), configuration.to_json(config))
+    if data.class_names:
+      metrics.write_atomically(os.path.join(workdir, CLASSES), "\n".join(data.class_names) + "\n")
   multihost.barrier("vit_jax: workdir ready")
   logger = metrics.setup_logging(workdir, write=lead)
   logger.info("%s: %s, %d train / %d eval examples, %d steps of batch %d on %d devices",
@@ -174,7 +178,7 @@ def _main(argv: Sequence[str]) -> None:
   except loop.NonFiniteError as e:
     logger.error("error: %s", e)
     sys.exit(EXIT_NONFINITE)
-  except checkpoint.CheckpointError as e:
+  except (checkpoint.CheckpointError, DatasetError) as e:  # DatasetError: bad_images=stop
     logger.error("error: %s", e)
     sys.exit(EXIT_FAILED)
   except checkpoint.CheckpointSaveError as e:
@@ -189,6 +193,22 @@ def _main(argv: Sequence[str]) -> None:
     _exit_quietly(EXIT_SAVE_FAILED)
   if "eval/accuracy" in row:
     logger.info("Finished: eval/accuracy %.4f", row["eval/accuracy"])
+
+
+def _check_classes(workdir: str, names: tuple[str, ...] | None) -> None:
+  """Raises DatasetError when a resumed run's class names (classes.txt) differ from the data's."""
+  from vit_jax.data.types import DatasetError
+
+  path = os.path.join(workdir, CLASSES)
+  if not names or not os.path.exists(path):
+    return
+  with open(path) as f:
+    stored = f.read().splitlines()
+  if stored != list(names):
+    changed = sorted(set(stored) ^ set(names)) or ["their order"]
+    raise DatasetError(f"the dataset's classes differ from those this run started with ({path}): "
+                       f"{', '.join(changed[:5])}; restore the class folders or use a new "
+                       "--workdir")
 
 
 def _exit_quietly(status: int) -> None:

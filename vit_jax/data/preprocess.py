@@ -1,120 +1,179 @@
-"""Image preprocessing shared by the input pipelines: resize, channels, augmentation, scaling.
+"""The one definition of image preprocessing, for every source: decode, crop, resize, augment.
 
-Model inputs are float32 in [-1, 1] with shape (image_size, image_size, channels). The numpy
-functions serve in-memory datasets; the `tf_*` functions serve tf.data pipelines.
+An example arrives as encoded file bytes (image folders, tfds) or as a uint8 array (in-memory
+data) and leaves as uint8 (image_size, image_size, channels); the model maps uint8 pixels to
+[-1, 1] itself (on the device, where the conversion is free). Every augmentation is applied the
+same way whatever the source, in this order: Inception crop (on the decoded image), resize to the
+model's resolution (bilinear with half-pixel centres and no antialiasing, like TensorFlow's
+`tf.image.resize`), shift (at the model's resolution), horizontal flip.
+
+JPEGs are decoded by libjpeg-turbo (`simplejpeg`), at a reduced size (1/2, 1/4, 1/8) whenever
+the crop still has the model's resolution there; other formats, and JPEGs it refuses (CMYK), by
+Pillow. Resizing is OpenCV's. Grey conversion uses the ITU-R 601 luma weights everywhere.
 """
 
 from __future__ import annotations
 
+import io
+import math
+
+import cv2
 import numpy as np
+import simplejpeg
 
-AUGMENTS = ("none", "flip", "shift", "inception_crop", "inception_crop_flip")
-CROP_AREA = (0.05, 1.0)  # inception crop: fraction of the image area kept
-CROP_RATIO = (3 / 4, 4 / 3)  # and the range of its aspect ratio
+from vit_jax.data.types import AUGMENTS
+
+CROP_AREA = (0.05, 1.0)  # Inception crop: fraction of the image area kept
+CROP_RATIO = (3 / 4, 4 / 3)  # and the range of its aspect ratio (width / height)
+CROP_ATTEMPTS = 10  # draws before falling back to the whole image
 SHIFT_PIXELS = 2  # "shift" translates by up to this many pixels in each direction
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+cv2.setNumThreads(1)  # parallelism comes from the input pipeline's worker threads
 
 
-def _resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
-  from PIL import Image
-
-  out = []
-  for image in images:
-    squeeze = image.shape[-1] == 1
-    pil = Image.fromarray(image[..., 0] if squeeze else image)
-    resized = np.asarray(pil.resize((size, size), Image.BILINEAR))
-    out.append(resized[..., None] if squeeze else resized)
-  return np.stack(out)
+class UnreadableImage(Exception):
+  """An example's bytes are not an image this pipeline can decode."""
 
 
-def _inception_crop(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """A random crop of 5-100% of the area, aspect 3/4-4/3, resized back to the input size."""
-  from PIL import Image
-
-  h, w = image.shape[:2]
-  for _ in range(10):
-    area = h * w * rng.uniform(*CROP_AREA)
-    ratio = np.exp(rng.uniform(*np.log(CROP_RATIO)))
-    ch, cw = round(np.sqrt(area / ratio)), round(np.sqrt(area * ratio))
-    if 0 < ch <= h and 0 < cw <= w:
-      top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-      break
-  else:
-    top, left, ch, cw = 0, 0, h, w
-  squeeze = image.shape[-1] == 1
-  pil = Image.fromarray(image[..., 0] if squeeze else image)
-  out = np.asarray(pil.crop((left, top, left + cw, top + ch)).resize((w, h), Image.BILINEAR))
-  return out[..., None] if squeeze else out
+Raw = bytes | np.ndarray
 
 
-def _channels(images: np.ndarray, channels: int) -> np.ndarray:
-  have = images.shape[-1]
+def _is_jpeg(raw: Raw) -> bool:
+  return isinstance(raw, bytes) and raw[:3] == _JPEG_MAGIC
+
+
+def _open_pillow(raw: bytes):
+  from PIL import Image, UnidentifiedImageError
+
+  try:
+    return Image.open(io.BytesIO(raw))
+  except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    raise UnreadableImage(f"not an image ({e})") from None
+
+
+def image_shape(raw: Raw) -> tuple[int, int]:
+  """(height, width) of an example, reading only its header when it is encoded."""
+  if isinstance(raw, np.ndarray):
+    return raw.shape[0], raw.shape[1]
+  if _is_jpeg(raw):
+    try:
+      return tuple(simplejpeg.decode_jpeg_header(raw)[:2])
+    except ValueError:
+      pass  # Pillow may still read it
+  width, height = _open_pillow(raw).size
+  return height, width
+
+
+def _channels(image: np.ndarray, channels: int) -> np.ndarray:
+  """uint8 (H, W) or (H, W, C) -> (H, W, channels)."""
+  if image.ndim == 2:
+    image = image[..., None]
+  have = image.shape[-1]
+  if have == 4:  # RGBA: the colour, without transparency
+    image, have = image[..., :3], 3
   if have == channels:
-    return images
+    return image
   if have == 1:
-    return np.repeat(images, channels, axis=-1)
-  if channels == 1:
-    return images.mean(axis=-1, keepdims=True, dtype=np.float32)
-  raise ValueError(f"cannot convert {have}-channel images to {channels} channels")
+    return np.repeat(image, channels, axis=-1)
+  if channels == 1 and have == 3:
+    return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)[..., None]
+  raise UnreadableImage(f"cannot convert a {have}-channel image to {channels} channels")
 
 
-def numpy_augment(images: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
-  """Applies augmentation `kind` to a uint8 batch (B, H, W, C) with randomness from `rng`."""
-  if kind not in AUGMENTS:
-    raise ValueError(f"unknown augment '{kind}'; use one of {AUGMENTS}")
-  if kind.startswith("inception_crop"):
-    images = np.stack([_inception_crop(image, rng) for image in images])
-  if kind in ("flip", "inception_crop_flip"):
-    flip = rng.random(len(images)) < 0.5
-    return np.where(flip[:, None, None, None], images[:, :, ::-1], images)
-  if kind == "shift":
-    s = SHIFT_PIXELS
-    padded = np.pad(images, ((0, 0), (s, s), (s, s), (0, 0)))
-    h, w = images.shape[1:3]
-    offsets = rng.integers(0, 2 * s + 1, size=(len(images), 2))
-    crops = [p[dy : dy + h, dx : dx + w] for p, (dy, dx) in zip(padded, offsets, strict=True)]
-    return np.stack(crops)
-  return images
+def decode(raw: Raw, channels: int, min_shape: tuple[int, int] = (0, 0)) -> np.ndarray:
+  """uint8 (H', W', channels); a JPEG may come out smaller, but never below `min_shape`.
 
-
-def numpy_to_model_input(images: np.ndarray, image_size: int, channels: int) -> np.ndarray:
-  """uint8 (B, H, W, C) -> float32 (B, image_size, image_size, channels) in [-1, 1]."""
-  if images.shape[1:3] != (image_size, image_size):
-    images = _resize_uint8(images, image_size)
-  x = _channels(images, channels).astype(np.float32)
-  return x / 127.5 - 1.0
-
-
-def tf_preprocess(image, *, image_size: int, channels: int, augment: str, seed):
-  """One tf.data example: uint8 (H, W, C) -> float32 (image_size, image_size, channels) in [-1, 1].
-
-  `seed` is a stateless seed (a shape-(2,) int tensor) so the pipeline is deterministic.
+  Raises UnreadableImage for bytes that no decoder reads (corrupt, truncated, not an image).
   """
-  import tensorflow as tf
+  if isinstance(raw, np.ndarray):
+    return _channels(raw, channels)
+  if _is_jpeg(raw):
+    height, width = image_shape(raw)
+    scale = min(height / max(min_shape[0], 1), width / max(min_shape[1], 1))
+    reduce = {} if scale < 2 else {"min_height": min_shape[0], "min_width": min_shape[1],
+                                   "min_factor": 2}
+    try:
+      return _channels(simplejpeg.decode_jpeg(raw, "GRAY" if channels == 1 else "RGB",
+                                              fastdct=True, fastupsample=True, **reduce),
+                       channels)
+    except ValueError:
+      pass  # CMYK or unusual JPEGs: Pillow reads more of them; truly broken ones fail there too
+  image = _open_pillow(raw)
+  try:
+    image = image.convert("L" if channels == 1 else "RGB")
+    return _channels(np.asarray(image), channels)
+  except (OSError, ValueError, SyntaxError) as e:
+    raise UnreadableImage(f"cannot decode ({e})") from None
 
+
+def inception_crop_box(height: int, width: int,
+                       rng: np.random.Generator) -> tuple[int, int, int, int]:
+  """(top, left, crop height, crop width): 5-100% of the area, aspect 3/4-4/3 (log-uniform).
+
+  Falls back to the whole image when no draw fits, as TensorFlow's sampler does.
+  """
+  log_ratio = (math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]))
+  for _ in range(CROP_ATTEMPTS):
+    area = height * width * rng.uniform(*CROP_AREA)
+    ratio = math.exp(rng.uniform(*log_ratio))
+    crop_h, crop_w = round(math.sqrt(area / ratio)), round(math.sqrt(area * ratio))
+    if 0 < crop_h <= height and 0 < crop_w <= width:
+      top = int(rng.integers(0, height - crop_h + 1))
+      left = int(rng.integers(0, width - crop_w + 1))
+      return top, left, crop_h, crop_w
+  return 0, 0, height, width
+
+
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Bilinear resize of uint8 (H, W, C), half-pixel centres, no antialiasing."""
+  if image.shape[:2] == (height, width):
+    return image
+  out = cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=cv2.INTER_LINEAR)
+  return out.reshape(height, width, image.shape[-1])
+
+
+def train_image(raw: Raw, size: int, channels: int, augment: str,
+                rng: np.random.Generator) -> np.ndarray:
+  """A training example: uint8 (size, size, channels), augmented with randomness from `rng`."""
   if augment not in AUGMENTS:
     raise ValueError(f"unknown augment '{augment}'; use one of {AUGMENTS}")
-  seeds = tf.random.experimental.stateless_split(seed, 3)
   if augment.startswith("inception_crop"):
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image),
-        bounding_boxes=tf.zeros([0, 0, 4], tf.float32),
-        seed=seeds[0],
-        area_range=CROP_AREA,
-        aspect_ratio_range=CROP_RATIO,
-        min_object_covered=0.0,
-        use_image_if_no_bounding_boxes=True,
-    )
-    image = tf.slice(image, begin, size)
-  image = tf.image.resize(image, (image_size, image_size), method="bilinear")
+    height, width = image_shape(raw)
+    top, left, crop_h, crop_w = inception_crop_box(height, width, rng)
+    # The decoder may shrink the image as long as the crop keeps at least `size` pixels.
+    min_shape = (math.ceil(height * size / crop_h), math.ceil(width * size / crop_w))
+    image = decode(raw, channels, min_shape)
+    fy, fx = image.shape[0] / height, image.shape[1] / width
+    y0, x0 = round(top * fy), round(left * fx)
+    y1 = max(y0 + 1, round((top + crop_h) * fy))
+    x1 = max(x0 + 1, round((left + crop_w) * fx))
+    image = resize(image[y0:y1, x0:x1], size, size)
+  else:
+    image = resize(decode(raw, channels), size, size)
   if augment == "shift":
     s = SHIFT_PIXELS
-    padded = tf.pad(image, [[s, s], [s, s], [0, 0]])
-    image = tf.image.stateless_random_crop(padded, tf.shape(image), seed=seeds[1])
-  if augment in ("flip", "inception_crop_flip"):
-    image = tf.image.stateless_random_flip_left_right(image, seed=seeds[2])
-  have = image.shape[-1]
-  if have == 1 and channels == 3:
-    image = tf.image.grayscale_to_rgb(image)
-  elif have == 3 and channels == 1:
-    image = tf.image.rgb_to_grayscale(image)
-  return tf.cast(image, tf.float32) / 127.5 - 1.0
+    dy, dx = rng.integers(0, 2 * s + 1, size=2)
+    padded = np.pad(image, ((s, s), (s, s), (0, 0)))
+    image = padded[dy:dy + size, dx:dx + size]
+  if augment in ("flip", "inception_crop_flip") and rng.random() < 0.5:
+    image = image[:, ::-1]
+  return image
+
+
+def eval_image(raw: Raw, size: int, channels: int, resize_small: int = 0) -> np.ndarray:
+  """An evaluation example: resized to (size, size), or with `resize_small` = S, its shorter
+  side resized to S and the central (size, size) crop kept."""
+  if not resize_small:
+    return resize(decode(raw, channels), size, size)
+  height, width = image_shape(raw)
+  scale = resize_small / min(height, width)
+  new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+  image = resize(decode(raw, channels, (new_h, new_w)), new_h, new_w)
+  top, left = (new_h - size) // 2, (new_w - size) // 2
+  return image[top:top + size, left:left + size]
+
+
+def to_model_range(images: np.ndarray) -> np.ndarray:
+  """uint8 pixels -> float32 in [-1, 1], as the model computes them (for tools and tests)."""
+  return images.astype(np.float32) / 127.5 - 1.0

@@ -1,20 +1,22 @@
-"""tensorflow-datasets input: find or prepare a dataset by name, then stream it with tf.data.
+"""tensorflow-datasets input: find or prepare a dataset by name, then read it by random access.
 
-TensorFlow is imported here only, so runs on in-memory data never load it.
+Training reads tfds datasets prepared as ArrayRecord (`tfds.data_source`), which allows reading
+any example by its index: the input pipeline's batches are a function of (seed, step), and a
+resumed run starts reading where it stopped. Preparing (downloading) a dataset needs TensorFlow;
+reading an ArrayRecord dataset does not. tfds is imported here only.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from vit_jax.data import preprocess
-from vit_jax.data.types import Batch, Dataset, DatasetError, Feed, default_splits
+from vit_jax.data.batches import IndexedSource
+from vit_jax.data.presets import default_splits
+from vit_jax.data.types import Dataset, DatasetError, Feed
 
-SHUFFLE_BUFFER = 50_000
+FILE_FORMAT = "array_record"  # random access; what datasets are prepared in when downloaded
 
 
 def _hide_accelerators_from_tensorflow() -> None:
@@ -30,7 +32,8 @@ def _hide_accelerators_from_tensorflow() -> None:
 
 def _hint(name: str, data_dir: str | None) -> str:
   where = data_dir or "~/tensorflow_datasets"
-  return (f"prepare it with `tfds build {name} --data_dir {where}` on a machine with internet "
+  return (f"prepare it with `tfds build {name} --file_format={FILE_FORMAT} --data_dir {where}` "
+          "on a machine with internet "
           f"(or copy a prepared {name}/<version>/ folder there) and pass --config.data_dir; "
           "datasets that need a manual download also need --config.manual_dir")
 
@@ -41,7 +44,7 @@ def open_builder(config: Any):
 
   name, data_dir = config.dataset, config.data_dir
   try:
-    builder = tfds.builder(name, data_dir=data_dir)
+    builder = tfds.builder(name, data_dir=data_dir, file_format=FILE_FORMAT)
   except Exception as e:  # tfds raises several types for unknown or unreadable datasets
     raise DatasetError(
         f"dataset '{name}' is not available offline ({type(e).__name__}); {_hint(name, data_dir)}"
@@ -64,110 +67,55 @@ def open_builder(config: Any):
   return builder
 
 
-def _num_examples(builder: Any, split: str) -> int:
-  """Examples in `split`, from the dataset's metadata, or counted when the metadata lacks it."""
-  if builder.info.splits:
+class TfdsExamples:
+  """One split of a prepared tfds dataset, read by random access (ArrayRecord files).
+
+  Images come as their stored encoded bytes (tfds decoding is skipped) and are decoded by the
+  input pipeline like any file's.
+  """
+
+  def __init__(self, builder: Any, split: str):
+    import tensorflow_datasets as tfds
+
+    self.label = f"{builder.name}/{split}"
     try:
-      return int(builder.info.splits[split].num_examples)
-    except Exception as e:
-      raise DatasetError(f"dataset '{builder.name}' has no split '{split}' ({e}); "
-                         f"available: {', '.join(builder.info.splits)}") from None
-  ds = builder.as_dataset(split=split)
-  count = int(ds.cardinality())
-  return count if count >= 0 else sum(1 for _ in ds)
+      self.source = builder.as_data_source(split=split,
+                                           decoders={"image": tfds.decode.SkipDecoding()})
+    except NotImplementedError:  # prepared as TFRecord: sequential files only
+      raise DatasetError(
+          f"dataset '{builder.name}' in {builder.data_dir} is prepared as TFRecord, which has no "
+          "random access; convert it once with `tfds convert_format --dataset_version_dir "
+          f"{builder.data_dir} --out_file_format {FILE_FORMAT}` "
+          f"(or prepare it with `tfds build {builder.name} --file_format={FILE_FORMAT}`)"
+      ) from None
+    except Exception as e:  # unknown split names, malformed slices
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+      raise DatasetError(f"dataset '{builder.name}' cannot read split '{split}': {first}; "
+                         f"available: {', '.join(builder.info.splits) or 'unknown'}") from None
+    self.size = len(self.source)
 
+  def __len__(self) -> int:
+    return self.size
 
-class TfdsSource:
-  """Per-process tf.data pipelines over one prepared tfds builder."""
+  def read(self, index: int) -> tuple[bytes | np.ndarray, int]:
+    example = self.source[index]
+    image = example["image"]
+    return image if isinstance(image, bytes) else np.asarray(image), int(example["label"])
 
-  def __init__(self, builder: Any, config: Any, feed: Feed):
-    import tensorflow_datasets as tfds
-
-    self.builder, self.feed = builder, feed
-    if feed.augment not in preprocess.AUGMENTS:
-      raise DatasetError(f"unknown augment '{feed.augment}'; use one of {preprocess.AUGMENTS}")
-    train, evaluation = default_splits(config.dataset, list(builder.info.splits))
-    self.splits = (config.train_split or train, config.eval_split or evaluation)
-    self.train_split = tfds.even_splits(self.splits[0], feed.process_count)[feed.process_index]
-    self.eval_splits = tfds.even_splits(self.splits[1], feed.process_count)
-    self.num_train = _num_examples(builder, self.splits[0])
-    self.num_eval = _num_examples(builder, self.splits[1])
-    label = builder.info.features["label"]
-    self.num_classes = int(label.num_classes)
-
-  def _pipeline(self, split: str, train: bool):
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-
-    f = self.feed
-    read = tfds.ReadConfig(shuffle_seed=f.seed, interleave_cycle_length=16 if train else 1)
-    ds = self.builder.as_dataset(split=split, shuffle_files=train, read_config=read)
-    options = tf.data.Options()
-    options.deterministic = True
-    ds = ds.with_options(options)
-    if train:
-      ds = ds.repeat().shuffle(SHUFFLE_BUFFER, seed=f.seed)
-    augment = f.augment if train else "none"
-
-    def prepare(index, example):
-      seed = tf.stack([tf.constant(f.seed, tf.int64), index])
-      image = preprocess.tf_preprocess(example["image"], image_size=f.image_size,
-                                       channels=f.channels, augment=augment, seed=seed)
-      return {"image": image, "label": tf.cast(example["label"], tf.int32)}
-
-    return ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-
-  def train_batches(self, start: int = 0) -> Iterator[Batch]:
-    import tensorflow_datasets as tfds
-
-    local = self.feed.local(self.feed.batch_size)
-    size = local.stop - local.start
-    ds = self._pipeline(self.train_split, train=True).batch(size, drop_remainder=True)
-    for batch in tfds.as_numpy(ds.skip(start).prefetch(2)):
-      batch["mask"] = np.ones(size, np.float32)
-      yield batch
-
-  def eval_batches(self) -> Iterator[Batch]:
-    return self._padded_batches(self.eval_splits)
-
-  def pool_batches(self, size: int) -> Iterator[Batch]:
-    """The first `size` training examples (in the split's file order), unaugmented."""
-    import tensorflow_datasets as tfds
-
-    shards = tfds.even_splits(self.splits[0], self.feed.process_count)
-    return self._padded_batches(shards, limit=max(1, size // self.feed.process_count))
-
-  def _padded_batches(self, splits: list[str], limit: int | None = None) -> Iterator[Batch]:
-    import tensorflow_datasets as tfds
-
-    f = self.feed
-    local = f.local(f.eval_batch_size)
-    size = local.stop - local.start
-    # Every process runs the same number of steps: the largest shard decides.
-    most = max(_num_examples(self.builder, s) for s in splits)
-    most = most if limit is None else min(most, limit)
-    steps = math.ceil(most / size)
-    split = splits[f.process_index]
-    ds = self._pipeline(split, train=False)
-    ds = ds if limit is None else ds.take(limit)
-    batches = iter(tfds.as_numpy(ds.batch(size).prefetch(2)))
-    shape = (size, f.image_size, f.image_size, f.channels)
-    for _ in range(steps):
-      batch = next(batches, None) or {"image": np.zeros((0, *shape[1:]), np.float32),
-                                       "label": np.zeros((0,), np.int32)}
-      n = len(batch["label"])
-      pad = size - n
-      yield {
-          "image": np.concatenate([batch["image"], np.zeros((pad, *shape[1:]), np.float32)]),
-          "label": np.concatenate([batch["label"], np.zeros((pad,), np.int32)]),
-          "mask": np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]),
-      }
-
-  def dataset(self) -> Dataset:
-    return Dataset(self.num_classes, self.num_train, self.num_eval,
-                   self.train_batches, self.eval_batches, self.splits, self.pool_batches)
+  def name(self, index: int) -> str:
+    return f"{self.label}[{index}]"
 
 
 def load(config: Any, feed: Feed) -> Dataset:
   """Opens the tfds dataset named by `config.dataset`; raises DatasetError if unavailable."""
-  return TfdsSource(open_builder(config), config, feed).dataset()
+  builder = open_builder(config)
+  features = builder.info.features
+  if "image" not in features or "label" not in features:
+    raise DatasetError(f"dataset '{builder.name}' has no 'image' and 'label' features "
+                       f"(it has: {', '.join(features)}); only image classification is read")
+  train, evaluation = default_splits(config.dataset, list(builder.info.splits))
+  splits = (config.train_split or train, config.eval_split or evaluation)
+  classes = int(features["label"].num_classes)
+  names = tuple(features["label"].names) if hasattr(features["label"], "names") else None
+  return IndexedSource(TfdsExamples(builder, splits[0]), TfdsExamples(builder, splits[1]), feed,
+                       classes, splits, names).dataset()

@@ -8,28 +8,32 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 Batch = dict[str, np.ndarray]
-
-# (train, eval) splits of datasets whose default would be wrong: ImageNet-21k has one split, of
-# which the first 51,200 images are held out. Others use "train" and "test" (or "validation").
-DEFAULT_SPLITS = {"imagenet21k": ("full[51200:]", "full[:51200]")}
+BAD_IMAGES = ("skip", "stop")  # what an unreadable image does to a run
+# Training augmentations, defined in vit_jax.data.preprocess.
+AUGMENTS = ("none", "flip", "shift", "inception_crop", "inception_crop_flip")
 
 
 class DatasetError(ValueError):
   """A dataset cannot be found, read or prepared."""
 
 
-def default_splits(name: str, available: list[str]) -> tuple[str, str]:
-  """The (train, eval) splits used when the config leaves them unset."""
-  if name in DEFAULT_SPLITS:
-    return DEFAULT_SPLITS[name]
-  if available and "test" not in available and "validation" in available:
-    return "train", "validation"
-  return "train", "test"
+class Examples(Protocol):
+  """A split with random access: example `i` as (encoded bytes or uint8 array, label)."""
+
+  def __len__(self) -> int: ...
+
+  def read(self, index: int) -> tuple[bytes | np.ndarray, int]:
+    """Raises OSError when the example cannot be read."""
+    ...
+
+  def name(self, index: int) -> str:
+    """How a log line names example `index` (a file path, a split and index)."""
+    ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +48,10 @@ class Feed:
   seed: int
   process_index: int = 0
   process_count: int = 1
+  eval_resize_small: int = 0  # 0: resize whole; S: shorter side to S, then the central crop
+  workers: int = 0  # preparation threads; 0: one per CPU core this process may use
+  bad_images: str = "skip"  # BAD_IMAGES
+  prefetch: int = 2  # batches prepared ahead of the one the trainer is waiting for
 
   @classmethod
   def from_config(cls, config: Any, process_index: int = 0, process_count: int = 1) -> Feed:
@@ -52,7 +60,10 @@ class Feed:
                eval_batch_size=config.batch_size // config.accum_steps,
                image_size=config.image_size, channels=config.image_channels,
                augment=config.augment, seed=config.seed, process_index=process_index,
-               process_count=process_count)
+               process_count=process_count,
+               eval_resize_small=config.get("eval_resize_small", 0),
+               workers=config.get("data_workers", 0),
+               bad_images=config.get("bad_images", "skip"))
 
   def local(self, global_size: int) -> slice:
     """The slice of a global batch that belongs to this process."""
@@ -72,3 +83,4 @@ class Dataset:
   splits: tuple[str, str] = ("train", "test")  # the (train, eval) splits read
   # pool size -> padded, unaugmented batches of a fixed set of that many training examples
   pool_batches: Callable[[int], Iterator[Batch]] | None = None
+  class_names: tuple[str, ...] | None = None  # label i's name, where the source has names

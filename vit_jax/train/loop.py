@@ -219,17 +219,23 @@ def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = N
                        dynamic_ncols=True)
   row: dict[str, float] = {}
   window_start, window_steps, window_skipped = None, 0, 0
+  window_wait, unread = 0.0, 0  # seconds waiting for input; examples the input could not read
   try:
     if stop is not None and multihost.any_process(stop.signal_name is not None):
       raise Interrupted(start, stop.signal_name or "another process's stop request", False)
     for step in range(start + 1, total + 1):
-      state, metrics = train_step(state, place(next(batches)))
+      waited = time.perf_counter()
+      local = next(batches)
+      waited = time.perf_counter() - waited
+      unread += int(local["mask"].size - local["mask"].sum())
+      state, metrics = train_step(state, place(local))
       finite.push(step, metrics)
       if window_start is None:  # the first step includes compilation: time from its end
         jax.block_until_ready(metrics)
         window_start = time.perf_counter()
       else:
         window_steps += 1
+        window_wait += waited
       row = {}
       log_now = step % config.log_every == 0 or step == total
       eval_now = (config.eval_every > 0 and step % config.eval_every == 0) or step == total
@@ -251,11 +257,15 @@ def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = N
         if finite.skip:
           row["train/skipped"] = finite.skipped - window_skipped
           window_skipped = finite.skipped
+        row["data/skipped"] = multihost.total(unread)  # a collective: every process logs here
+        row["data/wait_fraction"] = window_wait / elapsed if window_steps else 0.0
+        unread = 0
         progress.set_postfix(loss=f"{row['train/loss']:.4f}", img_s=f"{img_per_sec:.0f}")
-        logger.info("step %d/%d  loss %.4f  lr %.3g  %.0f img/s  ETA %s", step, total,
-                    row["train/loss"], row["train/lr"], img_per_sec,
+        logger.info("step %d/%d  loss %.4f  lr %.3g  %.0f img/s  input wait %.0f%%  ETA %s",
+                    step, total, row["train/loss"], row["train/lr"], img_per_sec,
+                    100 * row["data/wait_fraction"],
                     "?" if eta is None else tqdm.tqdm.format_interval(eta))
-        window_start, window_steps = time.perf_counter(), 0
+        window_start, window_steps, window_wait = time.perf_counter(), 0, 0.0
       if stop_now:  # written (asynchronously) before a possibly long evaluation
         checkpoints.save(step, where.to_stored(state), force=True)
       if eval_now:
@@ -268,7 +278,7 @@ def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = N
           row.update(shots)
           logger.info("step %d/%d  few-shot %s", step, total,
                       "  ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in shots.items()))
-        window_start, window_steps = time.perf_counter(), 0
+        window_start, window_steps, window_wait = time.perf_counter(), 0, 0.0
       if row:
         writer.row(step, row)
       if save_now and not stop_now:

@@ -60,6 +60,13 @@ def any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
+def total(value: int) -> int:
+  """The sum of `value` over all processes (a collective: every process must call it)."""
+  if jax.process_count() == 1:
+    return value
+  return int(np.sum(multihost_utils.process_allgather(np.int64(value))))
+
+
 def host_copy(tree: Any) -> Any:
   """NumPy copies of the whole of every array, also of arrays split across processes."""
   def fetch(a: Any) -> np.ndarray:
