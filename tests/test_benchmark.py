@@ -74,3 +74,35 @@ def test_timm_comparison_is_skipped_with_its_reason_when_unavailable(monkeypatch
   assert "torch/timm not importable" in timm_side.unavailable_reason("ViT-Ti/16")
   with pytest.raises(SystemExit, match="--timm=on but torch/timm not importable"):
     bench.main([*SMALL, "--timm", "on"])
+
+
+def test_data_benchmark_reports_rates_per_core(tmp_path, capsys):
+  from vit_jax.data import bundled
+
+  bundled.write_folder(str(tmp_path / "digits"), "jpg", per_class=4)
+  out = tmp_path / "data.json"
+  bench.main(["data", "--dataset", f"folder:{tmp_path / 'digits'}", "--image_size", "32",
+              "--batch", "8", "--batches", "3", "--workers", "2", "--json", str(out)])
+  result = json.loads(out.read_text())
+  assert "| img_per_sec_per_core |" in capsys.readouterr().out
+  assert result["img_per_sec_one_thread"] > 0 and result["workers"] == 2
+  assert result["img_per_sec_per_core"] == pytest.approx(
+      result["img_per_sec_all_workers"] / min(2, result["cores"]), rel=0.01)
+
+
+@pytest.mark.slow
+def test_data_benchmark_measures_the_input_wait_of_training(tmp_path):
+  from vit_jax.data import bundled
+
+  bundled.write_folder(str(tmp_path / "digits"), "jpg", per_class=4)
+  out = tmp_path / "data.json"
+  bench.main(["data", "--dataset", f"folder:{tmp_path / 'digits'}", "--image_size", "32",
+              "--batch", "8", "--batches", "2", "--train_steps", "3", "--json", str(out)])
+  result = json.loads(out.read_text())
+  assert result["model"] == "ViT-Ti/16" and result["train_steps"] == 3
+  assert 0 <= result["input_wait_fraction"] < 1 and result["train_img_per_sec"] > 0
+
+
+def test_data_benchmark_names_a_missing_folder(tmp_path):
+  with pytest.raises(SystemExit, match=r"error: image folder .*nowhere does not exist"):
+    bench.main(["data", "--dataset", f"folder:{tmp_path / 'nowhere'}"])

@@ -2,6 +2,8 @@
 
 Prints a table (and writes JSON with --json) of images/s, achieved TFLOP/s, MFU, peak memory and
 compile time; with torch and timm installed, also timm's same-size ViT and the ratio.
+`python -m vit_jax.benchmark data --dataset ...` measures the input pipeline instead
+(vit_jax/benchmark/data.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 import jax
 
 from vit_jax.benchmark import hardware, measure, timm_side
+from vit_jax.benchmark.report import table
 
 
 def _sig(x: float, digits: int = 4) -> float:
@@ -107,15 +110,14 @@ def run(args: argparse.Namespace) -> dict:
   return result
 
 
-def table(result: dict) -> str:
-  """The result as a two-column markdown table."""
-  lines = ["| quantity | value |", "|---|---|"]
-  lines += [f"| {k} | {v} |" for k, v in result.items()]
-  return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> None:
-  args = parse(sys.argv[1:] if argv is None else argv)
+  argv = sys.argv[1:] if argv is None else argv
+  if argv[:1] == ["data"]:
+    from vit_jax.benchmark import data
+
+    data.main(argv[1:])
+    return
+  args = parse(argv)
   try:
     result = run(args)
   except ValueError as e:
