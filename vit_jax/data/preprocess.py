@@ -48,7 +48,8 @@ def _open_pillow(raw: bytes):
 
   try:
     return Image.open(io.BytesIO(raw))
-  except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+  except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
+          SyntaxError) as e:
     raise UnreadableImage(f"not an image ({e})") from None
 
 
