@@ -58,6 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Starting from another run (fine-tuning, resolution change).
   c.init_from = ""  # a run directory whose newest checkpoint gives the initial parameters
   c.posemb_resample = "bilinear"  # bilinear | bicubic, when the patch grid changes
+  c.reset_head = False  # True: a fresh zero head even where init_from's head would fit
   # Devices: the batch is split over data x fsdp; big state tensors are split over fsdp.
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1: all devices not used by fsdp

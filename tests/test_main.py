@@ -198,6 +198,9 @@ BAD = {
     "init_from other architecture": (["--config.init_from={tmp}/wide.npz"],
                                      "in the checkpoint but (128,) in this model"),
     "workdir inside a file": (["--workdir={tmp}/afile/run"], "cannot be created"),
+    "fine-tuning without a model and dataset": (["--config=configs/finetune.py"],
+                                                "missing MODEL,DATASET; use "
+                                                "configs/finetune.py:MODEL,DATASET"),
     "folder without a test split": (["--config.dataset=folder:{tmp}/imgs_no_test"],
                                     "has no evaluation split: add"),
     "folder class only in test": (["--config.dataset=folder:{tmp}/imgs_extra"],

@@ -82,6 +82,7 @@ SCHEMA: dict[str, Field] = {
     # Starting from another run.
     "init_from": Field(STR, see="empty, a directory or a .npz file"),
     "posemb_resample": Field(STR, posemb_resize.METHODS),
+    "reset_head": Field(BOOL),
     # Devices.
     "mesh.data": Field(INT, see="sharding.mesh_shape"),
     "mesh.fsdp": Field(INT, see="sharding.mesh_shape"),

@@ -159,7 +159,8 @@ LAYOUT_KEYS = ("mesh.", "model.attention", "model.remat", "model.scan_layers")
 RECOVERY_KEYS = ("nonfinite", "bad_images", "data_workers")
 # Keys added after runs were already written, with the value those runs used.
 ADDED_KEYS: dict[str, Any] = {"moment_dtype": "float32", "nonfinite": "stop",
-                              "eval_resize_small": 0, "bad_images": "skip", "data_workers": 0}
+                              "eval_resize_small": 0, "bad_images": "skip", "data_workers": 0,
+                              "reset_head": False}
 
 
 def _may_change(key: str) -> bool:

@@ -1,4 +1,5 @@
 import json
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -123,3 +124,22 @@ def test_init_from_a_run_resamples_its_checkpoint(tmp_path):
   np.testing.assert_array_equal(params["Transformer"]["encoderblock_1"]["MlpBlock_3"]["Dense_0"]
                                 ["kernel"], source["Transformer"]["encoderblock_1"]["MlpBlock_3"]
                                 ["Dense_0"]["kernel"])
+
+
+def test_reset_head_starts_a_zero_head_and_unused_source_layers_are_logged(caplog):
+  source = pretrained.Pretrained(init("learn1d", "token", (8, 8), seed=1), (2, 2), "src.npz")
+  source.params["pre_logits"] = {"kernel": np.ones((16, 16), np.float32),
+                                 "bias": np.zeros(16, np.float32)}
+  target = init("learn1d", "token", (8, 8), seed=2)
+  target["head"] = jax.tree.map(np.zeros_like, target["head"])  # the model's zero init
+  for reset in (False, True):
+    config = ml_collections.ConfigDict({"image_size": 8, "posemb_resample": "bilinear",
+                                        "reset_head": reset, "model": {"patch_size": 4}})
+    with caplog.at_level(logging.INFO, logger="vit_jax"):
+      params = loop.initial_params(config, source, target)
+    want = target["head"] if reset else source.params["head"]
+    for name in ("kernel", "bias"):
+      np.testing.assert_array_equal(params["head"][name], want[name])
+    np.testing.assert_array_equal(params["cls"], source.params["cls"])
+  assert "new head/bias, head/kernel" in caplog.text
+  assert "not used from the source: pre_logits/bias, pre_logits/kernel" in caplog.text

@@ -18,14 +18,14 @@ class Preset:
   train_split: str  # what training reads by default
   eval_split: str  # the held-out minival evaluated by default
   test_split: str  # the dataset's own test split
-  image_size: int  # the resolution the paper trains (pre-training) or fine-tunes it at
+  image_size: int  # the paper's fine-tuning resolution (ImageNet-21k: its pre-training one)
   manual: bool = False  # the files must be downloaded by hand (tfds manual_dir)
 
 
 PRESETS: dict[str, Preset] = {
     "cifar10": Preset(10, "train[:98%]", "train[98%:]", "test", 384),
     "cifar100": Preset(100, "train[:98%]", "train[98%:]", "test", 384),
-    "imagenet2012": Preset(1000, "train[:99%]", "train[99%:]", "validation", 224, manual=True),
+    "imagenet2012": Preset(1000, "train[:99%]", "train[99%:]", "validation", 384, manual=True),
     # One split: the first 51,200 images are held out, as the paper's ImageNet-21k runs do.
     "imagenet21k": Preset(21843, "full[51200:]", "full[:51200]", "full[:51200]", 224,
                           manual=True),

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import tqdm
+from flax import traverse_util
 
 from vit_jax.data.types import Dataset
 from vit_jax.evaluate import fewshot
@@ -53,12 +54,22 @@ def initial_params(config: Any, source: Pretrained, params: Any) -> Any:
   """
   new = _grid(config)
   old = source.grid or new
-  adapted, fresh = posemb_resize.adapt_params(source.params, params, old, new,
-                                              config.posemb_resample)
+  carried = _source_params(config, source)
+  adapted, fresh = posemb_resize.adapt_params(carried, params, old, new, config.posemb_resample)
+  unused = sorted(set(traverse_util.flatten_dict(source.params, sep="/"))
+                  - set(traverse_util.flatten_dict(params, sep="/")))
   logging.getLogger(LOGGER).info(
-      "Initialised from %s (patch grid %dx%d -> %dx%d%s)", source.source, *old, *new,
-      f"; new {', '.join(fresh)}" if fresh else "")
+      "Initialised from %s (patch grid %dx%d -> %dx%d%s%s)", source.source, *old, *new,
+      f"; new {', '.join(fresh)}" if fresh else "",
+      f"; not used from the source: {', '.join(unused)}" if unused else "")
   return adapted
+
+
+def _source_params(config: Any, source: Pretrained) -> Any:
+  """The source's parameters, without its head when the config asks for a fresh one."""
+  if not config.get("reset_head", False):
+    return source.params
+  return {k: v for k, v in source.params.items() if k != "head"}
 
 
 def check_initial_params(config: Any, source: Pretrained) -> None:
@@ -66,7 +77,8 @@ def check_initial_params(config: Any, source: Pretrained) -> None:
   abstract = jax.eval_shape(components(config)[3]).params
   if config.model.get("scan_layers", False):
     abstract = jax.eval_shape(layers.to_per_layer, abstract)
-  posemb_resize.adapt_params(source.params, abstract, source.grid or _grid(config),
+  posemb_resize.adapt_params(_source_params(config, source), abstract,
+                             source.grid or _grid(config),
                              _grid(config), config.posemb_resample)
 
 

@@ -1,0 +1,88 @@
+"""Fine-tuning a pretrained ViT with the paper's transfer recipe (Appendix B.1.1).
+
+  python -m vit_jax.main --config configs/finetune.py:b16,cifar10 \\
+      --config.init_from=PRETRAINED_RUN_OR_NPZ --workdir DIR
+
+The argument is `MODEL,DATASET`. MODEL is a preset key (`ti16`, `s16`, `s32`, `b8`, `b16`, `b32`,
+`l16`, `l32`, `h14`), a preset name (`ViT-B/16`) or `quickstart` (the quickstart's small custom
+model). DATASET is one of `STEPS`' tensorflow-datasets names or `folder:/path`.
+
+The recipe: SGD with momentum 0.9, global batch 512, global-norm clipping at 1, no weight decay,
+500 steps of linear warm-up then cosine decay, no dropout, resolution 384 (the dataset preset's),
+Inception crop and flip, and the paper's number of steps for the dataset. The learning rate is one
+of {0.001, 0.003, 0.01, 0.03} (`--config.lr`; 0.003 by default; the transfer sweep picks it on the
+minival split). The head is always replaced by a zero-initialised one for the new classes
+(`reset_head`); the pre-logits layer is dropped (`model.representation_size=0`; set it to the
+source's width to keep it), and learned position embeddings are resampled to the new patch grid.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common, quickstart
+from configs.models import model_config
+from vit_jax.data.presets import PRESETS
+
+# Fine-tuning steps per dataset, as in the paper; folders take the small-dataset (Pets, Flowers)
+# value. VTAB-1k tasks use 2,500.
+STEPS = {"imagenet2012": 20_000, "cifar10": 10_000, "cifar100": 10_000, "oxford_iiit_pet": 500,
+         "oxford_flowers102": 500}
+FOLDER_STEPS = 500
+VTAB_STEPS = 2_500
+LEARNING_RATES = (0.001, 0.003, 0.01, 0.03)
+RESOLUTION = 384  # the paper's fine-tuning resolution, for datasets without a preset
+MODELS = {"ti16": "ViT-Ti/16", "s16": "ViT-S/16", "s32": "ViT-S/32", "b8": "ViT-B/8",
+          "b16": "ViT-B/16", "b32": "ViT-B/32", "l16": "ViT-L/16", "l32": "ViT-L/32",
+          "h14": "ViT-H/14"}
+USAGE = "use configs/finetune.py:MODEL,DATASET, e.g. configs/finetune.py:b16,cifar10"
+
+
+def _model(key: str) -> ml_collections.ConfigDict:
+  if key == "quickstart":
+    model = quickstart.get_config().model
+    model.dropout = 0.0
+    return model
+  name = MODELS.get(key, key)
+  if name not in MODELS.values():
+    raise ValueError(f"unknown model '{key}'; choose one of {', '.join(MODELS)}, quickstart, "
+                     f"or a preset name; {USAGE}")
+  return model_config(name)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  model_key, _, dataset = (arg or "").partition(",")
+  if not model_key or not dataset:
+    raise ValueError(f"missing MODEL,DATASET; {USAGE}")
+  if dataset.startswith("folder:"):
+    steps, size = FOLDER_STEPS, RESOLUTION
+  elif dataset in STEPS:
+    steps, size = STEPS[dataset], PRESETS[dataset].image_size
+  else:
+    raise ValueError(f"no fine-tuning preset for dataset '{dataset}'; choose one of "
+                     f"{', '.join(STEPS)} or folder:/path; {USAGE}")
+  c = common.get_config()
+  c.dataset = dataset
+  c.image_size = size
+  c.augment = "inception_crop_flip"
+  c.batch_size = 512
+  c.total_steps = steps
+  c.optimizer = "sgd"
+  c.momentum = 0.9
+  c.lr = 0.003
+  c.warmup_steps = 500 if steps > 500 else 100
+  c.decay = "cosine"
+  c.weight_decay = 0.0
+  c.grad_clip_norm = 1.0
+  c.loss = "softmax_xent"
+  c.reset_head = True
+  c.eval_every = max(steps // 10, 100)
+  c.checkpoint_every = c.eval_every
+  c.log_every = min(50, steps // 10)
+  c.model = _model(model_key)
+  if model_key == "quickstart":  # pretrained on grey digits: its patch kernels take one channel
+    c.image_channels = 1
+  c.model.representation_size = 0
+  c.model.head_bias_init = 0.0
+  c.model.dropout = 0.0
+  return c
