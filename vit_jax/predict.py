@@ -1,0 +1,180 @@
+"""`python -m vit_jax.predict (--workdir RUN | --params FILE --model NAME) IMAGE...`.
+
+Prints the top-k classes of each image with their probabilities, by name where names are known
+(`--classes FILE`, else the run's `classes.txt`), as text or with `--json` one JSON line per
+image. Images of any size and mode are preprocessed as the run's evaluation does (resize, or
+`eval_resize_small` and a central crop). A run's newest checkpoint is used unless `--step` names
+another; the run is only read. With `--params` (an original-format `.npz` file) the number of
+classes, the pre-logits width and the input channels are read off the parameters and the
+resolution off the position table (or `--image_size`). Exit status 2 with one `error:` line for
+anything that cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+CLASSES = "classes.txt"  # written into a run's workdir by vit_jax.main
+
+
+class PredictError(ValueError):
+  """Something given to the command cannot be used; the message is one line."""
+
+
+def _from_run(workdir: str, step: int | None) -> tuple[dict[str, Any], Any, list[str] | None]:
+  from vit_jax.io import runs
+
+  with runs.Run(workdir) as run:
+    config = run.config
+    if run.latest_step() is None:
+      raise PredictError(f"{workdir} has no checkpoint yet")
+    params = run.params(step)
+  names = None
+  path = os.path.join(workdir, CLASSES)
+  if os.path.exists(path):
+    with open(path) as f:
+      names = f.read().splitlines()
+  model = {**config["model"], "scan_layers": False}  # checkpoints hold per-layer parameters
+  setup = {"model": model, "num_classes": config["num_classes"], "loss": config["loss"],
+           "image_size": config["image_size"], "channels": config["image_channels"],
+           "resize_small": config.get("eval_resize_small", 0)}
+  return setup, params, names
+
+
+def _from_params(path: str, name: str, image_size: int | None) -> tuple[dict[str, Any], Any]:
+  from vit_jax.io import pretrained
+  from vit_jax.models import registry
+
+  source = pretrained.load(path)
+  params = source.params
+  try:
+    model = registry.section(name)
+  except registry.ModelNameError as e:
+    raise PredictError(str(e).replace("model.name", "--model", 1)) from None
+  if "head" not in params or "embedding" not in params:
+    raise PredictError(f"{path} has no head or no patch embedding: not a ViT classifier")
+  if "pre_logits" in params:
+    model["representation_size"] = int(params["pre_logits"]["bias"].shape[0])
+  if image_size is None:
+    if source.grid is None:
+      raise PredictError(f"{path} has no learned position table to read the resolution off; "
+                         "give --image_size")
+    image_size = source.grid[0] * model["patch_size"]
+  setup = {"model": model, "num_classes": int(params["head"]["bias"].shape[0]),
+           "loss": "softmax_xent", "image_size": image_size,
+           "channels": int(params["embedding"]["kernel"].shape[-2]), "resize_small": 0}
+  return setup, params
+
+
+def _images(paths: list[str], setup: dict[str, Any]) -> np.ndarray:
+  from vit_jax.data import preprocess
+
+  images = []
+  for path in paths:
+    try:
+      with open(path, "rb") as f:
+        raw = f.read()
+      images.append(preprocess.eval_image(raw, setup["image_size"], setup["channels"],
+                                          setup["resize_small"]))
+    except OSError as e:
+      raise PredictError(f"cannot read {path} ({e.strerror or e})") from None
+    except preprocess.UnreadableImage as e:
+      raise PredictError(f"{path} is not an image this command can read ({e})") from None
+  return np.stack(images)
+
+
+def predict(images: np.ndarray, setup: dict[str, Any], params: Any) -> np.ndarray:
+  """Class probabilities (N, classes): softmax, or per-class sigmoid for a sigmoid-loss model."""
+  import jax
+
+  from vit_jax.models import registry
+
+  model = registry.build(setup["model"], setup["num_classes"])
+  logits = np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x))(params, images))
+  if setup["loss"] == "sigmoid_xent":
+    return 1.0 / (1.0 + np.exp(-logits))
+  shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+  return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def top_k(probabilities: np.ndarray, k: int, names: list[str] | None) -> list[list[dict]]:
+  """Per image, the k most probable classes: {"class", "name", "probability"}, best first."""
+  out = []
+  for row in probabilities:
+    best = np.argsort(-row, kind="stable")[:k]
+    out.append([{"class": int(i), "name": names[i] if names else str(int(i)),
+                 "probability": float(row[i])} for i in best])
+  return out
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+  """The predictions the arguments ask for, one record per image."""
+  if args.workdir:
+    setup, params, names = _from_run(args.workdir, args.step)
+  else:
+    setup, params = _from_params(args.params, args.model, args.image_size)
+    names = None
+  if args.classes:
+    try:
+      with open(args.classes) as f:
+        names = f.read().splitlines()
+    except OSError as e:
+      raise PredictError(f"cannot read --classes {args.classes} ({e.strerror})") from None
+  if names is not None and len(names) != setup["num_classes"]:
+    raise PredictError(f"{len(names)} class names for a model of {setup['num_classes']} classes")
+  probabilities = predict(_images(args.images, setup), setup, params)
+  best = top_k(probabilities, min(args.top_k, setup["num_classes"]), names)
+  return [{"image": path, "top": top} for path, top in zip(args.images, best, strict=True)]
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog="python -m vit_jax.predict", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument("--workdir", help="a training run's directory")
+  source.add_argument("--params", help="an original-format .npz file (needs --model)")
+  p.add_argument("--model", help="the preset of --params, e.g. ViT-B/16")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+  p.add_argument("--image_size", type=int, default=None, help="resolution for --params")
+  p.add_argument("--classes", default=None, help="a file of class names, one per line")
+  p.add_argument("--top_k", type=int, default=5)
+  p.add_argument("--json", action="store_true", help="one JSON line per image")
+  p.add_argument("images", nargs="+", help="image files")
+  args = p.parse_args(argv)
+  if args.params and not args.model:
+    p.error("--params needs --model (the preset its parameters belong to)")
+  if args.top_k <= 0:
+    p.error(f"--top_k must be positive, got {args.top_k}")
+  return args
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = parse(sys.argv[1:] if argv is None else argv)
+  from absl import logging as absl_logging
+
+  from vit_jax.io.pretrained import PretrainedError
+  from vit_jax.io.runs import RunError
+
+  absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax logs every restore at INFO
+  try:
+    records = run(args)
+  except (PredictError, RunError, PretrainedError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  for record in records:
+    if args.json:
+      print(json.dumps(record))
+    else:
+      best = "  ".join(f"{t['name']} {t['probability']:.3f}" for t in record["top"])
+      print(f"{record['image']}: {best}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
