@@ -1,7 +1,8 @@
 """The parameters a run starts from (`init_from`): a training run's workdir or an `.npz` file.
 
-A workdir gives its newest checkpoint and, from its `config.json`, the patch grid. An original
-format `.npz` file has no config, so the grid is read off the position tables (see `infer_grid`).
+A workdir gives its newest checkpoint and, from its `config.json`, the patch grid. An `.npz` file
+(the original format, or big_vision's layout, converted by `vit_jax.io.big_vision`) has no
+config, so the grid is read off the position tables (see `infer_grid`).
 Every failure is a `PretrainedError` with one line naming the file and what to do.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from vit_jax.io import npz, runs
+from vit_jax.io import big_vision, npz, runs
 from vit_jax.io.runs import error_reason
 
 Grid = tuple[int, int]
@@ -100,6 +101,11 @@ def _load_npz(path: str) -> Pretrained:
   for key, value in flat.items():
     if not isinstance(value, np.ndarray):
       raise PretrainedError(f"{path}: member {key} is no .npy array; {_SOURCES}")
+  if big_vision.is_big_vision(flat):
+    try:
+      params = traverse_util.unflatten_dict(big_vision.to_original(flat), sep="/")
+    except ValueError as e:
+      raise PretrainedError(f"{path} (big_vision layout): {e}") from None
   return Pretrained(params, infer_grid(path, params), path)
 
 
