@@ -1,7 +1,9 @@
-"""Figures as PNG files: sweep bar charts, position-embedding similarity, training curves.
+"""Figures as PNG files: sweep bar charts, position-embedding similarity, training curves, and
+the principal components of the patch-embedding filters (the paper's Figure 7, left).
 
   python -m vit_jax.figures similarity --workdir RUN --out posemb.png
   python -m vit_jax.figures curves --workdir RUN --out curves.png
+  python -m vit_jax.figures filters --workdir RUN --out filters.png
   python -m vit_jax.figures sweep --workdir SWEEP_DIR --out results.png \
       [--sweep_config configs/sweeps/posemb.py --table 1]   (reads results.csv)
 """
@@ -94,6 +96,47 @@ def run_similarity(workdir: str, path: str) -> None:
                   f"{kind} ({model['posemb_mode']}): position-embedding similarity")
 
 
+def filter_components(kernel: np.ndarray, count: int = 28) -> tuple[np.ndarray, np.ndarray]:
+  """The top principal components of the patch-embedding filters and their variance shares.
+
+  `kernel` is the patch convolution (p, p, C, D): D filters of p*p*C values. Returns components
+  (k, p, p, C), unit vectors in filter space, best first, and the share of the filters' variance
+  each explains.
+  """
+  p, q, c, d = kernel.shape
+  filters = kernel.reshape(p * q * c, d).T.astype(np.float64)  # (D, p*p*C)
+  filters = filters - filters.mean(axis=0)
+  _, singular, components = np.linalg.svd(filters, full_matrices=False)
+  k = min(count, len(singular))
+  share = singular**2 / np.sum(singular**2)
+  return components[:k].reshape(k, p, q, c), share[:k]
+
+
+def plot_filters(workdir: str, path: str, count: int = 28) -> None:
+  """The top principal components of a run's patch-embedding filters, as a grid of images."""
+  from vit_jax.io import runs
+
+  with runs.Run(workdir) as run:
+    kernel = np.asarray(run.params()["embedding"]["kernel"])
+  components, share = filter_components(kernel, count)
+  cols = min(7, len(components))
+  rows = -(-len(components) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.45 * rows + 0.5), squeeze=False)
+  for ax in axes.flat:
+    ax.axis("off")
+  for i, (component, ax) in enumerate(zip(components, axes.flat, strict=False)):
+    low, high = component.min(), component.max()
+    image = (component - low) / (high - low + 1e-12)  # each component on its own scale
+    ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray",
+              interpolation="nearest")
+    ax.set_title(f"{i + 1}: {100 * share[i]:.1f}%", fontsize=7)
+  fig.suptitle(f"patch-embedding filters: principal components ({kernel.shape[0]}x"
+               f"{kernel.shape[1]}x{kernel.shape[2]}, {kernel.shape[3]} filters)", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def training_curves(workdir: str, path: str) -> None:
   """Training loss, and evaluation / few-shot accuracy, against step from metrics.jsonl."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -130,7 +173,7 @@ def _read_csv(path: str) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m vit_jax.figures")
-  parser.add_argument("figure", choices=["similarity", "curves", "sweep"])
+  parser.add_argument("figure", choices=["similarity", "curves", "filters", "sweep"])
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--out", required=True, help="PNG file to write")
   parser.add_argument("--sweep_config", default="", help="sweep config whose tables to use")
@@ -141,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
       run_similarity(args.workdir, args.out)
     elif args.figure == "curves":
       training_curves(args.workdir, args.out)
+    elif args.figure == "filters":
+      plot_filters(args.workdir, args.out)
     else:
       rows = _read_csv(os.path.join(args.workdir, "results.csv"))
       table = {"rows": "model.posemb", "cols": "model.posemb_mode", "where": {}}
