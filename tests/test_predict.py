@@ -104,6 +104,7 @@ def test_an_exported_npz_predicts_what_its_run_predicts(tmp_path, capsys):
     ("no run", "config.json not found"),
     ("wrong class count", "3 class names for a model of 10 classes"),
     ("unknown preset", "--model 'ViT-Q/9' is not a registered model"),
+    ("another architecture", "the parameters do not fit ViT-S/16"),
 ])
 def test_bad_input_is_one_error_line_and_status_2(tmp_path, capsys, case, message):
   trained_like_run(tmp_path / "run")
@@ -124,6 +125,11 @@ def test_bad_input_is_one_error_line_and_status_2(tmp_path, capsys, case, messag
     _, params = trained_like_run(tmp_path / "run2")
     npz.save(str(tmp_path / "p.npz"), params)
     args = ["--params", str(tmp_path / "p.npz"), "--model", "ViT-Q/9", *good]
+  elif case == "another architecture":  # the small custom model's file named as ViT-S/16
+    _, params = trained_like_run(tmp_path / "run2")
+    npz.save(str(tmp_path / "p.npz"), params)
+    args = ["--params", str(tmp_path / "p.npz"), "--model", "ViT-S/16", "--image_size", "32",
+            *good]
   assert predict.main(args) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err

@@ -61,6 +61,8 @@ def _from_params(path: str, name: str, image_size: int | None) -> tuple[dict[str
     raise PredictError(f"{path} has no head or no patch embedding: not a ViT classifier")
   if "pre_logits" in params:
     model["representation_size"] = int(params["pre_logits"]["bias"].shape[0])
+  if "cls" not in params:  # no class token: pooled by a probe (MAP) or by the average
+    model["pool"] = "map" if "MAPHead_0" in params else "gap"
   if image_size is None:
     if source.grid is None:
       raise PredictError(f"{path} has no learned position table to read the resolution off; "
@@ -92,11 +94,16 @@ def _images(paths: list[str], setup: dict[str, Any]) -> np.ndarray:
 def predict(images: np.ndarray, setup: dict[str, Any], params: Any) -> np.ndarray:
   """Class probabilities (N, classes): softmax, or per-class sigmoid for a sigmoid-loss model."""
   import jax
+  from flax.errors import FlaxError
 
   from vit_jax.models import registry
 
   model = registry.build(setup["model"], setup["num_classes"])
-  logits = np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x))(params, images))
+  try:
+    logits = np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x))(params, images))
+  except FlaxError as e:  # parameters of another architecture than the named one
+    first = str(e).strip().splitlines()[0][:200]
+    raise PredictError(f"the parameters do not fit {setup['model']['name']}: {first}") from None
   if setup["loss"] == "sigmoid_xent":
     return 1.0 / (1.0 + np.exp(-logits))
   shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
