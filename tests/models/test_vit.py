@@ -175,6 +175,7 @@ def test_bad_memory_options_are_clear_errors(kw, message):
     VisionTransformer(**TINY, **kw).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
 
 
+@pytest.mark.slow
 def test_uint8_pixels_are_mapped_to_minus_one_one_by_the_model():
   model = VisionTransformer(num_classes=3, patch_size=4, hidden_size=16, num_layers=1,
                            num_heads=2, mlp_dim=16)

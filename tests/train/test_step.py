@@ -86,6 +86,7 @@ def test_accumulated_gradient_matches_the_mean_gradient():
     np.testing.assert_allclose(p0 - p1, g, rtol=2e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accum_steps", [1, 4])
 def test_rows_with_mask_0_count_for_nothing(accum_steps):
   # Independent truth: the gradient of the mean loss over the rows that were read.
