@@ -25,7 +25,6 @@ from ml_collections import ConfigDict, config_flags
 from vit_jax.train import preemption
 
 EXIT_FAILED = 1
-CLASSES = "classes.txt"  # label i's name on line i+1, for datasets with class names
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
 EXIT_SAVE_FAILED = 4
@@ -160,7 +159,8 @@ def _main(argv: Sequence[str]) -> None:
   if lead and not resuming:
     metrics.write_atomically(os.path.join(workdir, "config.json"), configuration.to_json(config))
     if data.class_names:
-      metrics.write_atomically(os.path.join(workdir, CLASSES), "\n".join(data.class_names) + "\n")
+      metrics.write_atomically(os.path.join(workdir, runs.CLASSES),
+                               "\n".join(data.class_names) + "\n")
   multihost.barrier("vit_jax: workdir ready")
   logger = metrics.setup_logging(workdir, write=lead)
   logger.info("%s: %s, %d train / %d eval examples, %d steps of batch %d on %d devices",
@@ -198,14 +198,14 @@ def _main(argv: Sequence[str]) -> None:
 def _check_classes(workdir: str, names: tuple[str, ...] | None) -> None:
   """Raises DatasetError when a resumed run's class names (classes.txt) differ from the data's."""
   from vit_jax.data.types import DatasetError
+  from vit_jax.io import runs
 
-  path = os.path.join(workdir, CLASSES)
-  if not names or not os.path.exists(path):
+  stored = runs.class_names(workdir)
+  if not names or stored is None:
     return
-  with open(path) as f:
-    stored = f.read().splitlines()
   if stored != list(names):
     changed = sorted(set(stored) ^ set(names)) or ["their order"]
+    path = os.path.join(workdir, runs.CLASSES)
     raise DatasetError(f"the dataset's classes differ from those this run started with ({path}): "
                        f"{', '.join(changed[:5])}; restore the class folders or use a new "
                        "--workdir")

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
 import numpy as np
-
-CLASSES = "classes.txt"  # written into a run's workdir by vit_jax.main
 
 
 class PredictError(ValueError):
@@ -35,11 +32,7 @@ def _from_run(workdir: str, step: int | None) -> tuple[dict[str, Any], Any, list
     if run.latest_step() is None:
       raise PredictError(f"{workdir} has no checkpoint yet")
     params = run.params(step)
-  names = None
-  path = os.path.join(workdir, CLASSES)
-  if os.path.exists(path):
-    with open(path) as f:
-      names = f.read().splitlines()
+  names = runs.class_names(workdir)
   model = {**config["model"], "scan_layers": False}  # checkpoints hold per-layer parameters
   setup = {"model": model, "num_classes": config["num_classes"], "loss": config["loss"],
            "image_size": config["image_size"], "channels": config["image_channels"],

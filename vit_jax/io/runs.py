@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 CHECKPOINTS = "checkpoints"  # the subdirectory of a workdir that holds its checkpoints
+CLASSES = "classes.txt"  # written by vit_jax.main for datasets whose classes have names
 
 
 class RunError(ValueError):
@@ -39,6 +40,15 @@ def complete_steps(workdir: str) -> list[int]:
     return []
   return sorted(int(name) for name in os.listdir(directory)
                 if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+
+
+def class_names(workdir: str) -> list[str] | None:
+  """Label i's name on line i+1 of the run's classes.txt, or None when the run has none."""
+  path = os.path.join(workdir, CLASSES)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return f.read().splitlines()
 
 
 def has_checkpoint(workdir: str) -> bool:
