@@ -82,18 +82,21 @@ def _channels(image: np.ndarray, channels: int) -> np.ndarray:
   raise UnreadableImage(f"cannot convert a {have}-channel image to {channels} channels")
 
 
-def decode(raw: Raw, channels: int, min_shape: tuple[int, int] = (0, 0)) -> np.ndarray:
+def decode(raw: Raw, channels: int, min_shape: tuple[int, int] = (0, 0),
+           shape: tuple[int, int] | None = None) -> np.ndarray:
   """uint8 (H', W', channels); a JPEG may come out smaller, but never below `min_shape`.
 
+  `shape` is the image's (height, width) where the caller has read it already.
   Raises UnreadableImage for bytes that no decoder reads (corrupt, truncated, not an image).
   """
   if isinstance(raw, np.ndarray):
     return _channels(raw, channels)
   if _is_jpeg(raw):
-    height, width = image_shape(raw)
-    scale = min(height / max(min_shape[0], 1), width / max(min_shape[1], 1))
-    reduce = {} if scale < 2 else {"min_height": min_shape[0], "min_width": min_shape[1],
-                                   "min_factor": 2}
+    reduce = {}
+    if min_shape != (0, 0):
+      height, width = shape or image_shape(raw)
+      if min(height / max(min_shape[0], 1), width / max(min_shape[1], 1)) >= 2:
+        reduce = {"min_height": min_shape[0], "min_width": min_shape[1], "min_factor": 2}
     try:
       return _channels(simplejpeg.decode_jpeg(raw, "GRAY" if channels == 1 else "RGB",
                                               fastdct=True, fastupsample=True, **reduce),
@@ -144,7 +147,7 @@ def train_image(raw: Raw, size: int, channels: int, augment: str,
     top, left, crop_h, crop_w = inception_crop_box(height, width, rng)
     # The decoder may shrink the image as long as the crop keeps at least `size` pixels.
     min_shape = (math.ceil(height * size / crop_h), math.ceil(width * size / crop_w))
-    image = decode(raw, channels, min_shape)
+    image = decode(raw, channels, min_shape, (height, width))
     fy, fx = image.shape[0] / height, image.shape[1] / width
     y0, x0 = round(top * fy), round(left * fx)
     y1 = max(y0 + 1, round((top + crop_h) * fy))
@@ -170,7 +173,7 @@ def eval_image(raw: Raw, size: int, channels: int, resize_small: int = 0) -> np.
   height, width = image_shape(raw)
   scale = resize_small / min(height, width)
   new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
-  image = resize(decode(raw, channels, (new_h, new_w)), new_h, new_w)
+  image = resize(decode(raw, channels, (new_h, new_w), (height, width)), new_h, new_w)
   top, left = (new_h - size) // 2, (new_w - size) // 2
   return image[top:top + size, left:left + size]
 
