@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax.data import batches, bundled, pipeline, preprocess
+from vit_jax.data import batches, bundled, folder, pipeline, preprocess
 from vit_jax.data.types import DatasetError, Feed
 
 
@@ -144,3 +144,32 @@ def test_layout_problems_are_one_clear_error(tmp_path, damage, message):
   with pytest.raises(DatasetError, match=message):
     load(root)
   assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_percentage_slices_hold_out_a_stratified_disjoint_minival(tmp_path):
+  write_digits(tmp_path, per_class=10)
+  c = config(tmp_path, train_split="train[:80%]", eval_split="train[80%:]")
+  data = pipeline.load(c, feed())
+  assert data.splits == ("train[:80%]", "train[80%:]")
+  assert (data.num_train, data.num_eval) == (32, 8)
+  held = [folder.read_split(str(tmp_path), s)[0] for s in ("train[:80%]", "train[80%:]")]
+  whole = folder.read_split(str(tmp_path), "train")[0]
+  assert not set(held[0].paths) & set(held[1].paths)
+  assert sorted(held[0].paths + held[1].paths) == sorted(whole.paths)
+  assert np.bincount(held[1].labels).tolist() == [2, 2, 2, 2]  # two of each class's ten
+  # Not simply the first files of each class: the order is shuffled, and fixed.
+  assert held[1].paths != [p for c in range(4) for p in
+                           [q for q, lab in zip(whole.paths, whole.labels, strict=True)
+                                             if lab == c][8:]]
+  assert held[1].paths == folder.read_split(str(tmp_path), "train[80%:]")[0].paths
+
+
+@pytest.mark.parametrize("split, message", [
+    ("train[:800]", "percentage slice"),
+    ("train[90%:10%]", "percentage slice"),
+    ("train[:1%]", "keeps none of the"),
+])
+def test_bad_folder_slices_are_one_clear_error(tmp_path, split, message):
+  write_digits(tmp_path, per_class=3)
+  with pytest.raises(DatasetError, match=message):
+    pipeline.load(config(tmp_path, train_split=split), feed())

@@ -1,15 +1,20 @@
 """`dataset=folder:/path`: images in class folders, `/path/<split>/<class>/<file>`.
 
-Splits are sub-folders (`train`, and `test`, `val` or `validation` for evaluation). Classes are
-the sorted names of the training split's sub-folders; label i is the i-th of them. Files are
-those with an extension Pillow knows (case-insensitive); other files and hidden entries are
-ignored. Every problem with the layout is found before anything is read or written.
+Splits are sub-folders (`train`, and `test`, `val` or `validation` for evaluation). A split may
+be cut by percentages as in tensorflow-datasets, `train[:90%]` and `train[90%:]`: per class, in a
+fixed pseudo-random order of its files, so the two are disjoint, cover the folder and keep its class
+balance (a minival held out of the training images). Classes are the sorted names of the training
+split's sub-folders; label i is the i-th of them. Files are those with an extension Pillow knows
+(case-insensitive); other files and hidden entries are ignored. Every problem with the layout is
+found before anything is read or written.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
+import zlib
 from typing import Any
 
 import numpy as np
@@ -19,6 +24,7 @@ from vit_jax.data.types import Dataset, DatasetError, Feed
 
 PREFIX = "folder:"
 EVAL_SPLITS = ("test", "val", "validation")  # tried in this order when eval_split is unset
+_SLICE = re.compile(r"^([^\[\]]+)\[(?:(\d+(?:\.\d+)?)%)?:(?:(\d+(?:\.\d+)?)%)?\]$")
 
 
 @functools.cache
@@ -63,18 +69,43 @@ def class_folders(split_dir: str) -> list[str]:
   return [e.name for e in _entries(split_dir) if e.is_dir()]
 
 
+def parse_split(split: str) -> tuple[str, float, float]:
+  """`train` -> ("train", 0, 100); `train[:90%]` -> ("train", 0, 90); `train[90%:]` -> 90, 100.
+
+  Raises DatasetError for other forms (only percentage slices are defined for folders).
+  """
+  if "[" not in split:
+    return split, 0.0, 100.0
+  match = _SLICE.match(split)
+  low, high = (float(match[2] or 0), float(match[3] or 100)) if match else (0.0, -1.0)
+  if not match or not 0 <= low < high <= 100:
+    raise DatasetError(f"folder split '{split}' is not a sub-folder name or a percentage slice "
+                       "of one, such as train[:90%] or train[90%:]")
+  return match[1], low, high
+
+
+def _slice(files: list[str], name: str, low: float, high: float) -> list[str]:
+  """The files of one class in [low%, high%) of a fixed order seeded by the class name."""
+  if (low, high) == (0.0, 100.0):
+    return files
+  order = np.random.default_rng(zlib.crc32(name.encode())).permutation(len(files))
+  start, stop = (round(len(files) * p / 100) for p in (low, high))
+  return [files[i] for i in sorted(order[start:stop])]
+
+
 def read_split(root: str, split: str, classes: list[str] | None = None
                ) -> tuple[FolderExamples, list[str]]:
   """The images of `root/split` and its class names; labels index `classes` when given.
 
-  Raises DatasetError for a missing split, no class folders, an empty class folder, or a class
-  that `classes` (the training split's) lacks.
+  Raises DatasetError for a missing split, no class folders, an empty class folder (or class
+  slice), or a class that `classes` (the training split's) lacks.
   """
-  split_dir = os.path.join(root, split)
+  folder, low, high = parse_split(split)
+  split_dir = os.path.join(root, folder)
   if not os.path.isdir(split_dir):
     have = ", ".join(class_folders(root)) or "none"
-    raise DatasetError(f"image folder {root} has no split '{split}' (sub-folders: {have}); "
-                       f"expected {root}/{split}/<class>/<image files>")
+    raise DatasetError(f"image folder {root} has no split '{folder}' (sub-folders: {have}); "
+                       f"expected {root}/{folder}/<class>/<image files>")
   names = class_folders(split_dir)
   if not names:
     raise DatasetError(f"{split_dir} has no class folders; put each class's images in "
@@ -92,6 +123,11 @@ def read_split(root: str, split: str, classes: list[str] | None = None
     if not files:
       raise DatasetError(f"class folder {os.path.join(split_dir, name)} has no image files "
                          f"(extensions Pillow reads, e.g. .jpg .png); add images or remove it")
+    kept = _slice(files, name, low, high)
+    if not kept:
+      raise DatasetError(f"split '{split}' keeps none of the {len(files)} images of class folder "
+                         f"{os.path.join(split_dir, name)}; widen the slice or add images")
+    files = kept
     paths += files
     labels += [index[name]] * len(files)
   return FolderExamples(paths, np.asarray(labels, np.int32)), names
