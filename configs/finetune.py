@@ -5,7 +5,8 @@
 
 The argument is `MODEL,DATASET`. MODEL is a preset key (`ti16`, `s16`, `s32`, `b8`, `b16`, `b32`,
 `l16`, `l32`, `h14`), a preset name (`ViT-B/16`) or `quickstart` (the quickstart's small custom
-model). DATASET is one of `STEPS`' tensorflow-datasets names or `folder:/path`.
+model). DATASET is one of `STEPS`' tensorflow-datasets names, a VTAB-1k task `vtab:TASK`
+(vit_jax.data.vtab) or `folder:/path`.
 
 The recipe: SGD with momentum 0.9, global batch 512, global-norm clipping at 1, no weight decay,
 500 steps of linear warm-up then cosine decay, no dropout, resolution 384 (the dataset preset's),
@@ -22,6 +23,7 @@ import ml_collections
 
 from configs import common, quickstart
 from configs.models import model_config
+from vit_jax.data import vtab
 from vit_jax.data.presets import PRESETS
 
 # Fine-tuning steps per dataset, as in the paper; folders take the small-dataset (Pets, Flowers)
@@ -56,11 +58,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"missing MODEL,DATASET; {USAGE}")
   if dataset.startswith("folder:"):
     steps, size = FOLDER_STEPS, RESOLUTION
+  elif dataset.startswith(vtab.PREFIX):
+    vtab.task(dataset)  # an unknown task is an error here, naming the tasks
+    steps, size = VTAB_STEPS, RESOLUTION
   elif dataset in STEPS:
     steps, size = STEPS[dataset], PRESETS[dataset].image_size
   else:
     raise ValueError(f"no fine-tuning preset for dataset '{dataset}'; choose one of "
-                     f"{', '.join(STEPS)} or folder:/path; {USAGE}")
+                     f"{', '.join(STEPS)}, vtab:TASK or folder:/path; {USAGE}")
   c = common.get_config()
   c.dataset = dataset
   c.image_size = size

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("dataset, steps", [("cifar10", 10_000), ("cifar100", 10_000),
                                             ("imagenet2012", 20_000), ("oxford_iiit_pet", 500),
-                                            ("oxford_flowers102", 500), ("folder:/data/x", 500)])
+                                            ("oxford_flowers102", 500), ("folder:/data/x", 500),
+                                            ("vtab:clevr_count", 2_500)])
 def test_the_papers_recipe_for_each_dataset(dataset, steps):
   c = configuration.resolve_model(finetune.get_config(f"b16,{dataset}"))
   configuration.validate(c, device_count=8)
@@ -36,7 +37,8 @@ def test_models_by_key_by_name_and_the_quickstart_model():
 @pytest.mark.parametrize("arg, message", [
     (None, "missing MODEL,DATASET"), ("b16", "missing MODEL,DATASET"),
     ("b17,cifar10", "unknown model 'b17'"),
-    ("b16,mnist", "no fine-tuning preset for dataset 'mnist'")])
+    ("b16,mnist", "no fine-tuning preset for dataset 'mnist'"),
+    ("b16,vtab:mnist", "unknown VTAB-1k task 'mnist'")])
 def test_bad_arguments_name_the_problem_and_the_usage(arg, message):
   with pytest.raises(ValueError, match=f"{message}.*configs/finetune.py:b16,cifar10"):
     finetune.get_config(arg)

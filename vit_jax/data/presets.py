@@ -20,6 +20,7 @@ class Preset:
   test_split: str  # the dataset's own test split
   image_size: int  # the paper's fine-tuning resolution (ImageNet-21k: its pre-training one)
   manual: bool = False  # the files must be downloaded by hand (tfds manual_dir)
+  train_all: str = "train"  # all training data: minival included (a transfer sweep's final run)
 
 
 PRESETS: dict[str, Preset] = {
@@ -28,9 +29,10 @@ PRESETS: dict[str, Preset] = {
     "imagenet2012": Preset(1000, "train[:99%]", "train[99%:]", "validation", 384, manual=True),
     # One split: the first 51,200 images are held out, as the paper's ImageNet-21k runs do.
     "imagenet21k": Preset(21843, "full[51200:]", "full[:51200]", "full[:51200]", 224,
-                          manual=True),
+                          manual=True, train_all="full[51200:]"),
     "oxford_iiit_pet": Preset(37, "train[:90%]", "train[90%:]", "test", 384),
-    "oxford_flowers102": Preset(102, "train", "validation", "test", 384),
+    "oxford_flowers102": Preset(102, "train", "validation", "test", 384,
+                                train_all="train+validation"),
 }
 
 

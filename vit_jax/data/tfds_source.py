@@ -8,10 +8,12 @@ reading an ArrayRecord dataset does not. tfds is imported here only.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
+from vit_jax.data import vtab
 from vit_jax.data.batches import IndexedSource
 from vit_jax.data.presets import default_splits
 from vit_jax.data.types import Dataset, DatasetError, Feed
@@ -38,11 +40,12 @@ def _hint(name: str, data_dir: str | None) -> str:
           "datasets that need a manual download also need --config.manual_dir")
 
 
-def open_builder(config: Any):
-  """Returns a prepared tfds builder for `config.dataset`, downloading it if allowed."""
+def open_builder(config: Any, name: str | None = None):
+  """Returns a prepared tfds builder for `name` (default `config.dataset`), downloading it if
+  allowed."""
   import tensorflow_datasets as tfds
 
-  name, data_dir = config.dataset, config.data_dir
+  name, data_dir = name or config.dataset, config.data_dir
   try:
     builder = tfds.builder(name, data_dir=data_dir, file_format=FILE_FORMAT)
   except Exception as e:  # tfds raises several types for unknown or unreadable datasets
@@ -71,13 +74,17 @@ class TfdsExamples:
   """One split of a prepared tfds dataset, read by random access (ArrayRecord files).
 
   Images come as their stored encoded bytes (tfds decoding is skipped) and are decoded by the
-  input pipeline like any file's.
+  input pipeline like any file's; `image` may fix them up first (e.g. scale 0/1 pixels). The
+  label is `label(example)`, by default the `label` feature.
   """
 
-  def __init__(self, builder: Any, split: str):
+  def __init__(self, builder: Any, split: str,
+               label: Callable[[Mapping[str, Any]], int] = lambda example: int(example["label"]),
+               image: Callable[[Any], Any] | None = None):
     import tensorflow_datasets as tfds
 
-    self.label = f"{builder.name}/{split}"
+    self.label, self.image = label, image
+    self.title = f"{builder.name}/{split}"
     try:
       self.source = builder.as_data_source(split=split,
                                            decoders={"image": tfds.decode.SkipDecoding()})
@@ -100,14 +107,36 @@ class TfdsExamples:
   def read(self, index: int) -> tuple[bytes | np.ndarray, int]:
     example = self.source[index]
     image = example["image"]
-    return image if isinstance(image, bytes) else np.asarray(image), int(example["label"])
+    image = image if isinstance(image, bytes) else np.asarray(image)
+    return (self.image(image) if self.image else image), self.label(example)
 
   def name(self, index: int) -> str:
-    return f"{self.label}[{index}]"
+    return f"{self.title}[{index}]"
+
+
+def _load_vtab(config: Any, feed: Feed) -> Dataset:
+  try:
+    task = vtab.task(config.dataset)
+  except ValueError as e:
+    raise DatasetError(str(e)) from None
+  builder = open_builder(config, task.tfds_name)
+  missing = [f for f in ("image", *task.label_features) if f not in builder.info.features]
+  if missing:
+    raise DatasetError(f"dataset '{builder.name}' lacks the features {', '.join(missing)} that "
+                       f"{config.dataset} reads; prepare the tfds version VTAB names")
+  splits = (config.train_split or task.train800, config.eval_split or task.val200)
+  names = None
+  if task.label_features == ("label",) and hasattr(builder.info.features["label"], "names"):
+    names = tuple(builder.info.features["label"].names)
+  examples = [TfdsExamples(builder, s, task.label, task.image) for s in splits]
+  return IndexedSource(*examples, feed, task.num_classes, splits, names).dataset()
 
 
 def load(config: Any, feed: Feed) -> Dataset:
-  """Opens the tfds dataset named by `config.dataset`; raises DatasetError if unavailable."""
+  """Opens the tfds dataset named by `config.dataset` (or a `vtab:TASK`); raises DatasetError
+  if unavailable."""
+  if config.dataset.startswith(vtab.PREFIX):
+    return _load_vtab(config, feed)
   builder = open_builder(config)
   features = builder.info.features
   if "image" not in features or "label" not in features:
