@@ -1,7 +1,11 @@
-"""Reading a sweep config file: `get_config()`, `get_sweep()` and optionally `get_tables()`.
+"""Reading a sweep config file: `get_config()`, `get_sweep()`, optionally `get_tables()` and
+`get_selection()`.
 
 `get_sweep()` lists one dict of `--config.key=value` overrides per run; `get_tables()` says how
-results.md and results.png lay the runs out (`default_tables` when the file has none).
+results.md and results.png lay the runs out (`default_tables` when the file has none);
+`get_selection()` makes it a transfer sweep (see vit_jax.transfer). The file may be given as
+`FILE:ARG`; then each of these functions is called with ARG. One override key is reserved:
+`config_arg`, the argument the run's `get_config` gets (`--config FILE:VALUE`) instead of ARG.
 """
 
 from __future__ import annotations
@@ -9,6 +13,26 @@ from __future__ import annotations
 import importlib.util
 import os
 from typing import Any
+
+CONFIG_ARG = "config_arg"
+
+
+def run_name(overrides: dict[str, Any]) -> str:
+  """A directory name from the overrides, e.g. `posemb=learn1d,posemb_mode=stem,seed=0`."""
+  parts = [f"{key.rsplit('.', 1)[-1]}={value}" for key, value in overrides.items()]
+  return ",".join(parts).replace("/", "_").replace(" ", "")
+
+
+def split_arg(spec: str) -> tuple[str, str | None]:
+  """`FILE:ARG` -> (FILE, ARG); `FILE` -> (FILE, None)."""
+  path, colon, arg = spec.partition(":")
+  return path, (arg if colon else None)
+
+
+def call(module: Any, name: str, arg: str | None) -> Any:
+  """`module.name(arg)`, or `module.name()` when the sweep was given no argument."""
+  function = getattr(module, name)
+  return function() if arg is None else function(arg)
 
 
 def load_sweep(path: str) -> Any:
