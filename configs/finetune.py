@@ -59,7 +59,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if dataset.startswith("folder:"):
     steps, size = FOLDER_STEPS, RESOLUTION
   elif dataset.startswith(vtab.PREFIX):
-    vtab.task(dataset)  # an unknown task is an error here, naming the tasks
+    try:
+      vtab.task(dataset)
+    except ValueError as e:
+      raise ValueError(f"{e}; {USAGE}") from None
     steps, size = VTAB_STEPS, RESOLUTION
   elif dataset in STEPS:
     steps, size = STEPS[dataset], PRESETS[dataset].image_size
