@@ -134,3 +134,19 @@ def test_bad_input_is_one_error_line_and_status_2(tmp_path, capsys, case, messag
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
   assert not (tmp_path / "run" / "predictions").exists()
+
+
+@pytest.mark.slow
+def test_a_1000_class_npz_without_names_is_shown_with_imagenet_names(tmp_path, capsys):
+  pytest.importorskip("tensorflow_datasets")
+  module = registry.build(registry.section("ViT-Ti/16"), 1000)
+  params = module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  params = jax.device_get(params)
+  params["head"]["bias"] = np.zeros(1000, np.float32)
+  params["head"]["bias"][281] = 50.0  # every image: "tabby"
+  npz.save(str(tmp_path / "in1k.npz"), params)
+  paths = digit_files(tmp_path, 1)
+  assert predict.main(["--params", str(tmp_path / "in1k.npz"), "--model", "ViT-Ti/16", "--json",
+                       "--top_k", "1", *paths]) == 0
+  top = json.loads(capsys.readouterr().out)["top"][0]
+  assert (top["class"], top["name"]) == (281, "tabby") and top["probability"] > 0.99

@@ -1,9 +1,10 @@
 """`python -m vit_jax.predict (--workdir RUN | --params FILE --model NAME) IMAGE...`.
 
 Prints the top-k classes of each image with their probabilities, by name where names are known
-(`--classes FILE`, else the run's `classes.txt`), as text or with `--json` one JSON line per
-image. Images of any size and mode are preprocessed as the run's evaluation does (resize, or
-`eval_resize_small` and a central crop). A run's newest checkpoint is used unless `--step` names
+(`--classes FILE`, else the run's `classes.txt`; a 1,000-class ImageNet model's names come from
+tensorflow-datasets), as text or with `--json` one JSON line per image. Images of any size and
+mode are preprocessed as the run's evaluation does (resize, or `eval_resize_small` and a central
+crop). A run's newest checkpoint is used unless `--step` names
 another; the run is only read. With `--params` (an original-format `.npz` file) the number of
 classes, the pre-logits width and the input channels are read off the parameters and the
 resolution off the position table (or `--image_size`). Exit status 2 with one `error:` line for
@@ -24,7 +25,12 @@ class PredictError(ValueError):
   """Something given to the command cannot be used; the message is one line."""
 
 
-def _from_run(workdir: str, step: int | None) -> tuple[dict[str, Any], Any, list[str] | None]:
+def from_run(workdir: str, step: int | None) -> tuple[dict[str, Any], Any, list[str] | None]:
+  """(setup, per-layer params, class names or None) of checkpoint `step` (None: the newest).
+
+  `setup` holds what predicting needs: the model section, num_classes, loss, image_size,
+  channels and resize_small (the evaluation preprocessing).
+  """
   from vit_jax.io import runs
 
   with runs.Run(workdir) as run:
@@ -40,7 +46,8 @@ def _from_run(workdir: str, step: int | None) -> tuple[dict[str, Any], Any, list
   return setup, params, names
 
 
-def _from_params(path: str, name: str, image_size: int | None) -> tuple[dict[str, Any], Any]:
+def from_params(path: str, name: str, image_size: int | None) -> tuple[dict[str, Any], Any]:
+  """(setup, params) of an original-format .npz file of preset `name` (see `from_run`)."""
   from vit_jax.io import pretrained
   from vit_jax.models import registry
 
@@ -67,7 +74,8 @@ def _from_params(path: str, name: str, image_size: int | None) -> tuple[dict[str
   return setup, params
 
 
-def _images(paths: list[str], setup: dict[str, Any]) -> np.ndarray:
+def read_images(paths: list[str], setup: dict[str, Any]) -> np.ndarray:
+  """uint8 (N, size, size, channels): image files preprocessed as the evaluation does."""
   from vit_jax.data import preprocess
 
   images = []
@@ -116,9 +124,9 @@ def top_k(probabilities: np.ndarray, k: int, names: list[str] | None) -> list[li
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
   """The predictions the arguments ask for, one record per image."""
   if args.workdir:
-    setup, params, names = _from_run(args.workdir, args.step)
+    setup, params, names = from_run(args.workdir, args.step)
   else:
-    setup, params = _from_params(args.params, args.model, args.image_size)
+    setup, params = from_params(args.params, args.model, args.image_size)
     names = None
   if args.classes:
     try:
@@ -128,7 +136,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
       raise PredictError(f"cannot read --classes {args.classes} ({e.strerror})") from None
   if names is not None and len(names) != setup["num_classes"]:
     raise PredictError(f"{len(names)} class names for a model of {setup['num_classes']} classes")
-  probabilities = predict(_images(args.images, setup), setup, params)
+  if not args.classes:  # ImageNet synsets, or an unnamed 1,000-class head: readable names
+    from vit_jax.data import class_names
+
+    names = class_names.readable(names, setup["num_classes"])
+  probabilities = predict(read_images(args.images, setup), setup, params)
   best = top_k(probabilities, min(args.top_k, setup["num_classes"]), names)
   return [{"image": path, "top": top} for path, top in zip(args.images, best, strict=True)]
 
