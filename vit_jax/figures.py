@@ -1,9 +1,13 @@
-"""Figures as PNG files: sweep bar charts, position-embedding similarity, training curves, and
-the principal components of the patch-embedding filters (the paper's Figure 7, left).
+"""Figures as PNG files: sweep bar charts, position-embedding similarity, training curves, the
+principal components of the patch-embedding filters (the paper's Figure 7, left), and attention
+maps and mean attention distances (Figures 6 and 7, right; vit_jax.figures_attention).
 
   python -m vit_jax.figures similarity --workdir RUN --out posemb.png
   python -m vit_jax.figures curves --workdir RUN --out curves.png
   python -m vit_jax.figures filters --workdir RUN --out filters.png
+  python -m vit_jax.figures attention (--workdir RUN | --params FILE.npz --model PRESET) \
+      --image IMAGE --out maps.png
+  python -m vit_jax.figures distance --workdir RUN [--images 128] --out distance.png
   python -m vit_jax.figures sweep --workdir SWEEP_DIR --out results.png \
       [--sweep_config configs/sweeps/posemb.py --table 1]   (reads results.csv)
 """
@@ -23,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vit_jax import results, sweep_config  # noqa: E402
+from vit_jax import figures_attention, results, sweep_config  # noqa: E402
 
 
 def sweep_bars(rows: list[dict[str, Any]], table: dict[str, Any], path: str) -> None:
@@ -173,14 +177,26 @@ def _read_csv(path: str) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m vit_jax.figures")
-  parser.add_argument("figure", choices=["similarity", "curves", "filters", "sweep"])
-  parser.add_argument("--workdir", required=True)
+  parser.add_argument("figure", choices=["similarity", "curves", "filters", "sweep",
+                                         *figures_attention.FIGURES])
+  parser.add_argument("--workdir", default=None, help="a training run's (or sweep's) directory")
   parser.add_argument("--out", required=True, help="PNG file to write")
   parser.add_argument("--sweep_config", default="", help="sweep config whose tables to use")
   parser.add_argument("--table", type=int, default=0, help="which of its tables to plot")
+  figures_attention.add_arguments(parser)
   args = parser.parse_args(argv)
+  if args.figure in figures_attention.FIGURES:
+    problem = figures_attention.check_arguments(args)
+  else:
+    problem = None if args.workdir else (f"{args.figure} needs --workdir DIR (a training run's "
+                                         "directory; for sweep, the sweep's)")
+  if problem:
+    print(f"error: {problem}", file=sys.stderr)
+    return 2
   try:
-    if args.figure == "similarity":
+    if args.figure in figures_attention.FIGURES:
+      figures_attention.run(args)
+    elif args.figure == "similarity":
       run_similarity(args.workdir, args.out)
     elif args.figure == "curves":
       training_curves(args.workdir, args.out)
