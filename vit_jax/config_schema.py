@@ -19,6 +19,7 @@ import ml_collections
 from vit_jax.data import types as data_types
 from vit_jax.io import posemb_resize
 from vit_jax.models import registry
+from vit_jax.models.mlp import GELUS
 from vit_jax.models.vit import POOLS
 from vit_jax.train import optim, step
 
@@ -80,7 +81,7 @@ SCHEMA: dict[str, Field] = {
     "fewshot.pool": Field(INT, POSITIVE),
     "fewshot.l2": Field(FLOAT, AT_LEAST_0),
     # Starting from another run.
-    "init_from": Field(STR, see="empty, a directory or a .npz file"),
+    "init_from": Field(STR, see="empty, a directory, a .npz or a .safetensors file"),
     "posemb_resample": Field(STR, posemb_resize.METHODS),
     "reset_head": Field(BOOL),
     # Devices.
@@ -104,6 +105,8 @@ SCHEMA: dict[str, Field] = {
     "model.head_bias_init": Field(FLOAT),
     "model.dtype": Field(STR, DTYPES),
     "model.attention": Field(STR, see="attention.check"),
+    "model.gelu": Field(STR, GELUS),
+    "model.layernorm_epsilon": Field(FLOAT, POSITIVE),
     "model.remat": Field(STR, see="vit.check_memory_options"),
     "model.scan_layers": Field(BOOL, see="vit.check_memory_options"),
 }

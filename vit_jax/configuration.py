@@ -69,11 +69,12 @@ def resolve_data(config: ml_collections.ConfigDict, *, num_train: int, num_class
 
 
 def _init_from_problem(path: str) -> str | None:
-  fix = "give a training run's workdir or a .npz parameter file"
+  fix = "give a training run's workdir or a .npz parameter file (or a timm ViT .safetensors file)"
   if not os.path.exists(path):
     return f"init_from {path} does not exist; {fix}"
-  if not os.path.isdir(path) and not (os.path.isfile(path) and path.endswith(".npz")):
-    return f"init_from {path} is neither a directory nor a .npz file; {fix}"
+  if not os.path.isdir(path) and not (os.path.isfile(path)
+                                      and path.endswith((".npz", ".safetensors"))):
+    return f"init_from {path} is neither a directory nor a .npz file nor a .safetensors file; {fix}"
   return None
 
 
@@ -160,7 +161,8 @@ RECOVERY_KEYS = ("nonfinite", "bad_images", "data_workers")
 # Keys added after runs were already written, with the value those runs used.
 ADDED_KEYS: dict[str, Any] = {"moment_dtype": "float32", "nonfinite": "stop",
                               "eval_resize_small": 0, "bad_images": "skip", "data_workers": 0,
-                              "reset_head": False}
+                              "reset_head": False, "model.gelu": "tanh",
+                              "model.layernorm_epsilon": 1e-6}
 
 
 def _may_change(key: str) -> bool:

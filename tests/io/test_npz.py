@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vit_jax.io import layers, npz
-from vit_jax.models.vit import VisionTransformer
+from vit_jax.models.vit import PRESETS, VisionTransformer
 from vit_jax.train.checkpoint import Checkpointer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,3 +68,24 @@ def test_export_command_writes_a_checkpoints_parameters(tmp_path):
   again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert again.returncode != 0 and "exists; choose another --out" in again.stderr
 
+
+
+@pytest.mark.slow
+def test_a_b16_round_trip_gives_identical_parameters_and_logits(tmp_path):
+  model = VisionTransformer(num_classes=1000, **PRESETS["ViT-B/16"])
+  params = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 224, 224, 3), np.float32))["params"]
+  params = jax.device_get(params)
+  params["head"]["kernel"] = np.random.default_rng(0).normal(
+      scale=0.02, size=params["head"]["kernel"].shape).astype(np.float32)  # not the zero init
+  assert sum(p.size for p in jax.tree.leaves(params)) == 86_567_656  # the paper's count
+  npz.save(str(tmp_path / "b16.npz"), params)
+  loaded = npz.load(str(tmp_path / "b16.npz"))
+  assert jax.tree.structure(loaded) == jax.tree.structure(params)
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params), strict=True):
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(a, b)
+  images = np.random.default_rng(1).uniform(-1, 1, size=(2, 224, 224, 3)).astype(np.float32)
+  apply = jax.jit(model.apply)
+  want = apply({"params": params}, images)
+  assert np.abs(want).max() > 0
+  np.testing.assert_array_equal(apply({"params": loaded}, images), want)

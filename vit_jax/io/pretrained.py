@@ -1,8 +1,9 @@
-"""The parameters a run starts from (`init_from`): a training run's workdir or an `.npz` file.
+"""The parameters a run starts from (`init_from`): a run's workdir, an `.npz` or a timm file.
 
 A workdir gives its newest checkpoint and, from its `config.json`, the patch grid. An `.npz` file
-(the original format, or big_vision's layout, converted by `vit_jax.io.big_vision`) has no
-config, so the grid is read off the position tables (see `infer_grid`).
+(the original format, or big_vision's layout, converted by `vit_jax.io.big_vision`) and a timm
+ViT's `.safetensors` file (converted by `vit_jax.io.timm`) have no config, so the grid is read
+off the position tables (see `infer_grid`).
 Every failure is a `PretrainedError` with one line naming the file and what to do.
 """
 
@@ -18,11 +19,12 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from vit_jax.io import big_vision, npz, runs
+from vit_jax.io import big_vision, npz, runs, timm
 from vit_jax.io.runs import error_reason
 
 Grid = tuple[int, int]
 _SOURCES = "give a training run's workdir or an original-format .npz file"
+_TIMM = "give a timm ViT's .safetensors file, a training run's workdir or an .npz file"
 
 
 class PretrainedError(ValueError):
@@ -36,6 +38,17 @@ class Pretrained:
   params: dict  # nested per-layer parameters, host numpy arrays
   grid: Grid | None  # the source's patch grid (gh, gw); None without a grid-dependent table
   source: str  # the path, for log messages
+  gelu: str | None = None  # the GELU the source was trained with, where its format fixes it
+  heads_recorded: bool = True  # False: the file leaves the attention's head count open
+
+  def with_heads(self, num_heads: int) -> Pretrained:
+    """These parameters for a model of `num_heads` heads (a timm file records no head count).
+
+    Raises ValueError when the attention does not split into `num_heads` heads.
+    """
+    if self.heads_recorded:
+      return self
+    return dataclasses.replace(self, params=timm.split_heads(self.params, num_heads))
 
 
 def _table_grid(path: str, key: str, flat: Mapping[str, np.ndarray], prefix: int) -> Grid:
@@ -109,6 +122,21 @@ def _load_npz(path: str) -> Pretrained:
   return Pretrained(params, infer_grid(path, params), path)
 
 
+def _load_timm(path: str) -> Pretrained:
+  try:
+    state = timm.read(path)
+  except (ValueError, OSError) as e:
+    raise PretrainedError(f"{path} is not a readable .safetensors file ({error_reason(e)}); "
+                          f"{_TIMM}") from None
+  if not state:
+    raise PretrainedError(f"{path} holds no tensors; {_TIMM}")
+  try:
+    params = traverse_util.unflatten_dict(timm.to_original(state), sep="/")
+  except ValueError as e:
+    raise PretrainedError(f"{path}: {e}; {_TIMM}") from None
+  return Pretrained(params, infer_grid(path, params), path, gelu=timm.GELU, heads_recorded=False)
+
+
 def _load_run(path: str) -> Pretrained:
   if not os.path.isfile(os.path.join(path, "config.json")):
     raise PretrainedError(f"{path} has no config.json, so it is no training run's workdir; "
@@ -129,8 +157,15 @@ def _load_run(path: str) -> Pretrained:
 
 
 def load(path: str) -> Pretrained:
-  """The parameters (and patch grid) of a run's workdir or an original-format `.npz` file."""
+  """The parameters (and patch grid) of a run's workdir, an `.npz` or a timm `.safetensors` file.
+
+  A timm file's attention is split as our preset of its width is, until `Pretrained.with_heads`
+  names the model's head count.
+  """
+  is_timm = path.endswith(".safetensors")
   if not os.path.exists(path):
-    raise PretrainedError(f"init_from {path} does not exist; {_SOURCES}")
-  return _load_run(path) if os.path.isdir(path) else _load_npz(path)
+    raise PretrainedError(f"init_from {path} does not exist; {_TIMM if is_timm else _SOURCES}")
+  if os.path.isdir(path):
+    return _load_run(path)
+  return _load_timm(path) if is_timm else _load_npz(path)
 

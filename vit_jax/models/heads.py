@@ -16,6 +16,8 @@ class MAPHead(nn.Module):
 
   num_heads: int
   mlp_dim: int
+  gelu: str = "tanh"  # see vit_jax.models.mlp.GELUS
+  layernorm_epsilon: float = 1e-6
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -29,6 +31,6 @@ class MAPHead(nn.Module):
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, kernel_init=nn.initializers.xavier_uniform(),
         name="MultiHeadDotProductAttention_0", **dt)(probe, x)
-    z = nn.LayerNorm(name="LayerNorm_0", **dt)(y)
-    y = y + MlpBlock(self.mlp_dim, name="MlpBlock_0", **dt)(z, train=False)
+    z = nn.LayerNorm(epsilon=self.layernorm_epsilon, name="LayerNorm_0", **dt)(y)
+    y = y + MlpBlock(self.mlp_dim, gelu=self.gelu, name="MlpBlock_0", **dt)(z, train=False)
     return y[:, 0]

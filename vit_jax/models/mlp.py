@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 
 Dtype = Any
+# `tanh`: the original ViT's tanh approximation; `exact`: the erf form (PyTorch's nn.GELU, timm).
+GELUS = ("tanh", "exact")
 
 
 class MlpBlock(nn.Module):
@@ -16,6 +18,7 @@ class MlpBlock(nn.Module):
 
   mlp_dim: int
   dropout: float = 0.0
+  gelu: str = "tanh"  # one of GELUS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -27,9 +30,11 @@ class MlpBlock(nn.Module):
         kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.normal(stddev=1e-6),
     )
+    if self.gelu not in GELUS:
+      raise ValueError(f"gelu '{self.gelu}' is not one of {', '.join(GELUS)}")
     width = x.shape[-1]
     x = nn.Dense(self.mlp_dim, name="Dense_0", **dense)(x)
-    x = nn.gelu(x)
+    x = nn.gelu(x, approximate=self.gelu == "tanh")
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = nn.Dense(width, name="Dense_1", **dense)(x)
     return nn.Dropout(self.dropout, deterministic=not train)(x)

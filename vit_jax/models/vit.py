@@ -44,6 +44,8 @@ class EncoderBlock(nn.Module):
   attention: str = "plain"  # see vit_jax.models.attention
   relative_grid: tuple[int, int] | None = None  # patch grid, for the relative position bias
   num_prefix: int = 0  # class tokens before the patches
+  gelu: str = "tanh"  # see vit_jax.models.mlp.GELUS
+  layernorm_epsilon: float = 1e-6
   scanned: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -56,7 +58,7 @@ class EncoderBlock(nn.Module):
       table = posemb.RelativeEmbedding(self.relative_grid, x.shape[-1] // self.num_heads,
                                        self.num_prefix, self.param_dtype, name="relative_posemb")()
       bias = posemb.relative_bias(table)
-    y = nn.LayerNorm(name="LayerNorm_0", **dt)(x)
+    y = nn.LayerNorm(epsilon=self.layernorm_epsilon, name="LayerNorm_0", **dt)(x)
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads,
         kernel_init=nn.initializers.xavier_uniform(),
@@ -68,8 +70,9 @@ class EncoderBlock(nn.Module):
         **dt,
     )(y, y)
     x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
-    y = nn.LayerNorm(name="LayerNorm_2", **dt)(x)
-    y = MlpBlock(self.mlp_dim, self.dropout, name="MlpBlock_3", **dt)(y, train=train)
+    y = nn.LayerNorm(epsilon=self.layernorm_epsilon, name="LayerNorm_2", **dt)(x)
+    mlp = MlpBlock(self.mlp_dim, self.dropout, gelu=self.gelu, name="MlpBlock_3", **dt)
+    y = mlp(y, train=train)
     x = x + y
     return (x, None) if self.scanned else x
 
@@ -101,6 +104,8 @@ class Encoder(nn.Module):
   dropout: float = 0.0
   attention_dropout: float = 0.0
   attention: str = "plain"
+  gelu: str = "tanh"
+  layernorm_epsilon: float = 1e-6
   remat: str = "none"
   scan_layers: bool = False
   dtype: Dtype = jnp.float32
@@ -137,6 +142,8 @@ class Encoder(nn.Module):
         attention=self.attention,
         relative_grid=grid if self.posemb == "relative" else None,
         num_prefix=num_prefix,
+        gelu=self.gelu,
+        layernorm_epsilon=self.layernorm_epsilon,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
     )
@@ -149,7 +156,8 @@ class Encoder(nn.Module):
         shared = self.posemb_mode == "every_layer_shared"
         x = (first if shared else embedding(f"posembed_layer_{i}"))(x)
       x = block(name=f"encoderblock_{i}", **settings)(x, train)
-    return nn.LayerNorm(name="encoder_norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
+    return nn.LayerNorm(epsilon=self.layernorm_epsilon, name="encoder_norm", dtype=self.dtype,
+                        param_dtype=self.param_dtype)(x)
 
 
 def check_grid(height: int, width: int, patch_size: int) -> tuple[int, int]:
@@ -186,6 +194,8 @@ class VisionTransformer(nn.Module):
   attention_dropout: float = 0.0
   head_bias_init: float = 0.0
   attention: str = "plain"
+  gelu: str = "tanh"  # see vit_jax.models.mlp.GELUS
+  layernorm_epsilon: float = 1e-6  # of every LayerNorm
   remat: str = "none"
   scan_layers: bool = False
   dtype: Dtype = jnp.float32
@@ -215,6 +225,8 @@ class VisionTransformer(nn.Module):
         dropout=self.dropout,
         attention_dropout=self.attention_dropout,
         attention=self.attention,
+        gelu=self.gelu,
+        layernorm_epsilon=self.layernorm_epsilon,
         remat=self.remat,
         scan_layers=self.scan_layers,
         name="Transformer",
@@ -225,7 +237,8 @@ class VisionTransformer(nn.Module):
     elif self.pool == "gap":
       x = jnp.mean(x, axis=1)
     else:
-      x = MAPHead(self.num_heads, self.mlp_dim, name="MAPHead_0", **dt)(x)
+      x = MAPHead(self.num_heads, self.mlp_dim, gelu=self.gelu,
+                  layernorm_epsilon=self.layernorm_epsilon, name="MAPHead_0", **dt)(x)
     if self.representation_size:
       x = nn.tanh(nn.Dense(self.representation_size, name="pre_logits", **dt)(x))
     self.sow("intermediates", "pre_logits", x)
@@ -267,6 +280,8 @@ DEFAULTS: dict[str, Any] = {
     "head_bias_init": 0.0,
     "dtype": "float32",  # compute dtype; parameters are always float32
     "attention": "auto",  # auto | plain | xla | cudnn (vit_jax.models.attention)
+    "gelu": "tanh",  # tanh (the original's approximation) | exact (erf, as PyTorch and timm)
+    "layernorm_epsilon": 1e-6,  # of every LayerNorm
     "remat": "none",  # none | full | dots | dots_no_batch: activations recomputed in backward
     "scan_layers": False,  # one nn.scan over the encoder blocks (faster compile)
 }
@@ -288,8 +303,11 @@ def build(model: Mapping[str, Any], num_classes: int) -> VisionTransformer:
       dropout=model["dropout"],
       attention_dropout=model["attention_dropout"],
       head_bias_init=model["head_bias_init"],
-      # Runs written before these options existed used Flax's attention and no remat or scan.
+      # Runs written before these options existed used Flax's attention, no remat or scan, the
+      # tanh GELU and LayerNorm epsilon 1e-6.
       attention=model.get("attention", "plain"),
+      gelu=model.get("gelu", "tanh"),
+      layernorm_epsilon=model.get("layernorm_epsilon", 1e-6),
       remat=model.get("remat", "none"),
       scan_layers=model.get("scan_layers", False),
       dtype=jnp.dtype(model["dtype"]),
