@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -68,3 +69,29 @@ def test_fine_tuning_a_run_at_twice_the_resolution_on_a_folder(tmp_path):
   log = (tuned / "train.log").read_text()
   assert "patch grid 4x4 -> 8x8; new head/bias, head/kernel" in log
   assert (tuned / "classes.txt").read_text().split() == [str(d) for d in range(10)]
+
+
+@pytest.mark.slow
+def test_fine_tuning_starts_from_the_sources_features(tmp_path):
+  """At the source's resolution and data, step 0's few-shot accuracy is the source's own."""
+  small = ["--config.model.hidden_size=32", "--config.model.num_layers=1",
+           "--config.model.num_heads=2", "--config.model.mlp_dim=32", "--config.batch_size=16",
+           "--config.warmup_steps=1", "--config.log_every=2", "--config.eval_every=0",
+           "--config.fewshot.shots=(1, 5)", "--config.fewshot.pool=300",
+           "--config.dataset=bundled_mnist", "--config.image_size=28"]
+  source = tmp_path / "pretrained"
+  first = main("--config", "configs/quickstart.py", "--workdir", str(source), *small,
+               "--config.total_steps=6", "--config.checkpoint_every=6")
+  assert first.returncode == 0, first.stderr
+  tuned = tmp_path / "tuned"
+  second = main("--config", "configs/finetune.py:quickstart,folder:/unused", "--workdir",
+                str(tuned), f"--config.init_from={source}", *small, "--config.total_steps=2",
+                "--config.checkpoint_every=2")
+  assert second.returncode == 0, second.stderr
+  source_row = json.loads((source / "metrics.jsonl").read_text().splitlines()[-1])
+  rows = [json.loads(line) for line in (tuned / "metrics.jsonl").read_text().splitlines()]
+  assert rows[0]["step"] == 0 and set(rows[0]) == {"step", "fewshot/1shot_accuracy",
+                                                   "fewshot/5shot_accuracy"}
+  for k in ("fewshot/1shot_accuracy", "fewshot/5shot_accuracy"):
+    assert rows[0][k] == pytest.approx(source_row[k], abs=1e-6)
+  assert rows[-1]["step"] == 2 and sum(r["step"] == 0 for r in rows) == 1

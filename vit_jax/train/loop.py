@@ -58,15 +58,23 @@ def initial_params(config: Any, source: Pretrained, params: Any) -> Any:
   adapted, fresh = posemb_resize.adapt_params(carried, params, old, new, config.posemb_resample)
   unused = sorted(set(traverse_util.flatten_dict(source.params, sep="/"))
                   - set(traverse_util.flatten_dict(params, sep="/")))
-  logging.getLogger(LOGGER).info(
+  logger = logging.getLogger(LOGGER)
+  logger.info(
       "Initialised from %s (patch grid %dx%d -> %dx%d%s%s)", source.source, *old, *new,
       f"; new {', '.join(fresh)}" if fresh else "",
       f"; not used from the source: {', '.join(unused)}" if unused else "")
+  gelu = config.model.get("gelu", "tanh")
+  if source.gelu is not None and source.gelu != gelu:
+    logger.warning("%s was trained with the %s GELU but model.gelu is %s; set "
+                   "--config.model.gelu=%s to compute what it was trained to", source.source,
+                   source.gelu, gelu, source.gelu)
   return adapted
 
 
 def _source_params(config: Any, source: Pretrained) -> Any:
-  """The source's parameters, without its head when the config asks for a fresh one."""
+  """The source's parameters for this model's head count, without its head if reset_head."""
+  if not source.heads_recorded:  # a timm file: attention split as this model's
+    source = source.with_heads(config.model.num_heads)
   if not config.get("reset_head", False):
     return source.params
   return {k: v for k, v in source.params.items() if k != "head"}
@@ -208,7 +216,7 @@ def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = N
     checkpoints.close()
     raise
   writer = MetricWriter(workdir, write=lead)
-  writer.truncate_after(start)
+  writer.truncate_after(start if start else -1)  # a fresh start keeps no row, not even step 0
 
   nonfinite = config.get("nonfinite", "stop")
   state_sh, param_sh, repl = where.state, where.state.params, where.replicated
@@ -225,6 +233,12 @@ def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = N
       out_shardings=repl))
   place = where.place_batch
   finite = _FiniteCheck(nonfinite, logger)
+  if start == 0 and source is not None and config.fewshot.shots:
+    # The features fine-tuning starts from (the source's, on this data at this resolution).
+    shots = fewshot.evaluate(feature_step, state.params, data, config.fewshot, place)
+    writer.row(0, shots)
+    logger.info("step 0/%d  few-shot of the initial parameters %s", total,
+                "  ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in shots.items()))
 
   batches = data.train_batches(start)
   progress = tqdm.tqdm(total=total, initial=start, disable=not lead, unit="step",
