@@ -59,6 +59,8 @@ def from_params(path: str, name: str, image_size: int | None) -> tuple[dict[str,
     raise PredictError(str(e).replace("model.name", "--model", 1)) from None
   if "head" not in params or "embedding" not in params:
     raise PredictError(f"{path} has no head or no patch embedding: not a ViT classifier")
+  if source.gelu is not None:  # a format that fixes it (timm: the exact GELU)
+    model["gelu"] = source.gelu
   if "pre_logits" in params:
     model["representation_size"] = int(params["pre_logits"]["bias"].shape[0])
   if "cls" not in params:  # no class token: pooled by a probe (MAP) or by the average
