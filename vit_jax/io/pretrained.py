@@ -23,7 +23,8 @@ from vit_jax.io import big_vision, npz, runs, timm
 from vit_jax.io.runs import error_reason
 
 Grid = tuple[int, int]
-_SOURCES = "give a training run's workdir or an original-format .npz file"
+_SOURCES = ("give a training run's workdir, an original-format .npz file or a timm .safetensors "
+            "file")
 _TIMM = "give a timm ViT's .safetensors file, a training run's workdir or an .npz file"
 
 
