@@ -109,7 +109,7 @@ def main(work: str) -> None:
       run("-m", "vit_jax.main", "--config", f"configs/finetune.py:quickstart,folder:"
           f"{os.path.join(work, name)}", "--workdir", same, f"--config.init_from={npz}",
           *budget[1:], "--config.image_size=28", "--config.total_steps=1",
-          "--config.checkpoint_every=1")
+          "--config.warmup_steps=0", "--config.checkpoint_every=1")
   summarize(work, list(folders))
 
 

@@ -86,7 +86,8 @@ def test_disagreeing_tables_are_refused(tmp_path):
 
 
 def test_missing_path(tmp_path):
-  refused(tmp_path / "nowhere", "does not exist; give a training run's workdir or an")
+  refused(tmp_path / "nowhere", "does not exist; give a training run's workdir, an "
+          "original-format .npz file or a timm .safetensors file")
 
 
 def test_random_bytes(tmp_path):
