@@ -3,10 +3,11 @@
   python -m vit_jax.main --config configs/finetune.py:b16,cifar10 \\
       --config.init_from=PRETRAINED_RUN_OR_NPZ --workdir DIR
 
-The argument is `MODEL,DATASET`. MODEL is a preset key (`ti16`, `s16`, `s32`, `b8`, `b16`, `b32`,
-`l16`, `l32`, `h14`), a preset name (`ViT-B/16`) or `quickstart` (the quickstart's small custom
-model). DATASET is one of `STEPS`' tensorflow-datasets names, a VTAB-1k task `vtab:TASK`
-(vit_jax.data.vtab) or `folder:/path`.
+The argument is `MODEL,DATASET`. MODEL is a preset key (`ti16` ... `h14`, the hybrids `r50_b16`,
+`r26_s32`, `r50_l32`, the Mixers `mixer_b16`, `mixer_b32`, `mixer_l16`; see `MODELS`), any
+registered preset name (`ViT-B/16`, `Mixer-S/16`) or `quickstart`, `quickstart_hybrid`,
+`quickstart_mixer` (configs/quickstart.py's small models). DATASET is one of `STEPS`'
+tensorflow-datasets names, a VTAB-1k task `vtab:TASK` (vit_jax.data.vtab) or `folder:/path`.
 
 The recipe: SGD with momentum 0.9, global batch 512, global-norm clipping at 1, no weight decay,
 500 steps of linear warm-up then cosine decay, no dropout, resolution 384 (the dataset preset's),
@@ -15,6 +16,8 @@ of {0.001, 0.003, 0.01, 0.03} (`--config.lr`; 0.003 by default; the transfer swe
 minival split). The head is always replaced by a zero-initialised one for the new classes
 (`reset_head`); the pre-logits layer is dropped (`model.representation_size=0`; set it to the
 source's width to keep it), and learned position embeddings are resampled to the new patch grid.
+A Mixer cannot change resolution (its token-mixing weights fix the number of patches): it is
+fine-tuned at its pretraining resolution (224 for the presets).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from configs import common, quickstart
 from configs.models import model_config
 from vit_jax.data import vtab
 from vit_jax.data.presets import PRESETS
+from vit_jax.models import registry
 
 # Fine-tuning steps per dataset, as in the paper; folders take the small-dataset (Pets, Flowers)
 # value. VTAB-1k tasks use 2,500.
@@ -36,20 +40,26 @@ LEARNING_RATES = (0.001, 0.003, 0.01, 0.03)
 RESOLUTION = 384  # the paper's fine-tuning resolution, for datasets without a preset
 MODELS = {"ti16": "ViT-Ti/16", "s16": "ViT-S/16", "s32": "ViT-S/32", "b8": "ViT-B/8",
           "b16": "ViT-B/16", "b32": "ViT-B/32", "l16": "ViT-L/16", "l32": "ViT-L/32",
-          "h14": "ViT-H/14"}
+          "h14": "ViT-H/14", "r50_b16": "R50+ViT-B/16", "r26_s32": "R26+ViT-S/32",
+          "r50_l32": "R50+ViT-L/32", "mixer_b16": "Mixer-B/16", "mixer_b32": "Mixer-B/32",
+          "mixer_l16": "Mixer-L/16"}
+QUICKSTARTS = {"quickstart": "vit", "quickstart_hybrid": "hybrid", "quickstart_mixer": "mixer"}
 USAGE = "use configs/finetune.py:MODEL,DATASET, e.g. configs/finetune.py:b16,cifar10"
 
 
-def _model(key: str) -> ml_collections.ConfigDict:
-  if key == "quickstart":
-    model = quickstart.get_config().model
-    model.dropout = 0.0
-    return model
+def _source(key: str) -> tuple[ml_collections.ConfigDict, int | None]:
+  """The model section, and the resolution it must keep (a Mixer's) or None."""
+  if key in QUICKSTARTS:
+    source = quickstart.get_config(QUICKSTARTS[key])
+    source.model.dropout = 0.0
+    fixed = source.image_size if source.model.name.startswith("Mixer") else None
+    return source.model, fixed
   name = MODELS.get(key, key)
-  if name not in MODELS.values():
-    raise ValueError(f"unknown model '{key}'; choose one of {', '.join(MODELS)}, quickstart, "
-                     f"or a preset name; {USAGE}")
-  return model_config(name)
+  if name not in registry.PRESETS:
+    raise ValueError(f"unknown model '{key}'; choose one of {', '.join(MODELS)}, "
+                     f"{', '.join(QUICKSTARTS)}, or a preset name; {USAGE}")
+  family = registry.PRESETS[name]
+  return model_config(name), None if family.resizable else family.image_size
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -87,8 +97,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_every = max(steps // 10, 100)
   c.checkpoint_every = c.eval_every
   c.log_every = min(50, steps // 10)
-  c.model = _model(model_key)
-  if model_key == "quickstart":  # pretrained on grey digits: its patch kernels take one channel
+  c.model, fixed_size = _source(model_key)
+  if fixed_size:  # a Mixer's token-mixing weights fix its resolution
+    c.image_size = fixed_size
+  if model_key in QUICKSTARTS:  # pretrained on grey digits: its first kernels take one channel
     c.image_channels = 1
   c.model.representation_size = 0
   c.model.head_bias_init = 0.0

@@ -53,6 +53,41 @@ def test_b16_has_the_paper_recipe():
   assert b16.get_config("gap").model.pool == "gap"
 
 
+def test_a_name_of_another_family_switches_any_config_and_keeps_only_its_keys():
+  c = b16.get_config()  # a ViT config: posemb, pool, attention ... at their defaults
+  c.model.name = "Mixer-B/16"
+  r = resolved(c)
+  assert (r.model.tokens_mlp_dim, r.model.channels_mlp_dim, r.model.patch_size) == (384, 3072, 16)
+  assert "posemb" not in r.model and "num_heads" not in r.model and "resnet_layers" not in r.model
+  assert (r.model.representation_size, r.model.dropout, r.model.dtype) == (768, 0.1, "bfloat16")
+  configuration.validate(configuration.resolve_data(r, num_train=10**6, num_classes=21843),
+                         device_count=1)
+  c = b16.get_config()
+  c.model.name = "R50+ViT-B/16"
+  assert (resolved(c).model.resnet_layers, resolved(c).model.patch_size) == ((3, 4, 9), 1)
+  c = b16.get_config()
+  c.model.update(name="Mixer-B/16", posemb="sincos2d", pool="gap")
+  with pytest.raises(ConfigError, match=r"model.pool='gap' does not apply to Mixer-B/16 \(a "
+                                        r"Mixer model\); .*model.posemb='sincos2d' does not"):
+    resolved(c)
+  q = quickstart.get_config()
+  q.model.resnet_layers = (2, 2)  # a hybrid's key on a ViT
+  with pytest.raises(ConfigError, match=r"model.resnet_layers=\(2, 2\) does not apply to ViT"):
+    resolved(q)
+
+
+@pytest.mark.parametrize("module,name", [("r50_b16", "R50+ViT-B/16"), ("mixer_b16", "Mixer-B/16")])
+def test_the_hybrid_and_mixer_recipes_resolve_and_validate(module, name):
+  import importlib
+
+  c = importlib.import_module(f"configs.{module}").get_config()
+  r = configuration.resolve_data(resolved(c), num_train=10**6, num_classes=1000)
+  configuration.validate(r, device_count=1)
+  assert r.model.name == name and (r.batch_size, r.optimizer, r.warmup_steps) == (
+      4096, "adam", 10_000)
+  assert r.model.dropout == (0.1 if module == "r50_b16" else 0.0)
+
+
 def test_validation_reports_every_problem():
   c = resolved(quickstart.get_config())
   c.image_size = 30

@@ -35,3 +35,23 @@ def test_runs_killed_or_stopped_and_restarted_end_bit_identical_to_an_uninterrup
       stopped = [e for e in signalled if "stopped_at" in e]
       assert stopped and all(e["status"] == 75 for e in stopped)
       assert all(e["newest_checkpoint"] == e["stopped_at"] for e in stopped)
+
+
+FAMILIES = {
+    "hybrid": ["--config.model.hidden_size=32", "--config.model.num_layers=1",
+               "--config.model.num_heads=2", "--config.model.mlp_dim=32"],
+    "mixer": ["--config.model.hidden_size=32", "--config.model.num_layers=1",
+              "--config.model.tokens_mlp_dim=16", "--config.model.channels_mlp_dim=32"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", sorted(FAMILIES))
+def test_the_other_families_resume_bit_identically_after_sigkill(tmp_path, variant):
+  experiment = load_experiment()
+  extra = [*SMALL[:6], "--config.total_steps=100", *FAMILIES[variant]]
+  # Two kills: the first lands in the first half of the reference run's training time.
+  report = experiment.run(f"configs/quickstart.py:{variant}", tmp_path, extra, "KILL", kills=2,
+                          seed=0, say=lambda *_: None)
+  assert report["final_step"] == 100 and report["arrays_compared"] > 0
+  assert [e for e in report["events"] if e["signal"] == "KILL"], report["events"]

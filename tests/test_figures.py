@@ -59,8 +59,8 @@ def test_the_filters_figure_of_a_run_is_written(tmp_path):
   from vit_jax.train import checkpoint
 
   kernel = np.random.default_rng(1).normal(size=(7, 7, 1, 16)).astype(np.float32)
-  (tmp_path / "config.json").write_text(json.dumps({"image_size": 28,
-                                                    "model": {"patch_size": 7}}))
+  (tmp_path / "config.json").write_text(
+      json.dumps({"image_size": 28, "model": {"name": "ViT-B/16", "patch_size": 7}}))
   saver = checkpoint.Checkpointer(str(tmp_path), 1, 1)
   saver.save(1, {"step": np.int32(1), "params": {"embedding": {"kernel": kernel}},
                  "opt_state": {}}, force=True)

@@ -212,6 +212,25 @@ BAD = {
                                   "bad_images 'ignore' is not one of skip, stop"),
     "eval crop above its resize": (["--config.eval_resize_small=20"],
                                    "eval_resize_small 20 is below image_size 28"),
+    "hybrid stride": (["--config=configs/quickstart.py:hybrid", "--config.image_size=28"],
+                      "image_size 28 is not divisible by the hybrid's stride 8 (ResNet stem 8 "
+                      "x model.patch_size 1); use a multiple of 8 such as 32"),
+    "hybrid stem width": (["--config=configs/quickstart.py:hybrid",
+                           "--config.model.resnet_width=48"],
+                          "model.resnet_width 48 is not a multiple of 32"),
+    "key of another family": (["--config=configs/quickstart.py:mixer",
+                               "--config.model.posemb=sincos2d"],
+                              "model.posemb='sincos2d' does not apply to Mixer-custom (a Mixer "
+                              "model)"),
+    "init_from of another family": (["--config.init_from={tmp}/mixer.npz"],
+                                    "mixer.npz holds a Mixer model's parameters but model.name "
+                                    "ViT-custom is a ViT model; set --config.model.name to a "
+                                    "Mixer preset such as Mixer-B/16"),
+    "Mixer at a new resolution": (["--config=configs/quickstart.py:mixer",
+                                   "--config.image_size=56", "--config.init_from={tmp}/mixer.npz"],
+                                  "Mixer-custom cannot change resolution: its token-mixing "
+                                  "weights fix 4x4 patches, image_size 28, not 56; set "
+                                  "--config.image_size=28"),
 }
 
 
@@ -238,6 +257,10 @@ def make_bad_inputs(tmp):
   np.savez(tmp / "wide.npz", **{"cls": np.zeros((1, 1, 64), np.float32),
                                 "Transformer/encoder_norm/scale": np.ones(64, np.float32),
                                 "Transformer/encoder_norm/bias": np.zeros(64, np.float32)})
+  # Enough of a quickstart-sized Mixer (16 patches) to be recognised and to fix its grid.
+  np.savez(tmp / "mixer.npz", **{"stem/kernel": np.zeros((7, 7, 1, 128), np.float32),
+                                 "MixerBlock_0/token_mixing/Dense_0/kernel":
+                                     np.zeros((16, 64), np.float32)})
   (tmp / "afile").write_text("a file where the workdir's parent should be\n")
   write_image_folders(tmp)
 
@@ -270,7 +293,11 @@ FAST_BAD = {"unknown key", "image size", "batch vs devices", "unknown attention"
 def test_bad_input_is_one_line_exit_2_and_no_workdir(tmp_path, case):
   args, message = BAD[case]
   make_bad_inputs(tmp_path)
-  result = cli("--workdir", str(tmp_path / "run"), *(a.format(tmp=tmp_path) for a in args))
+  config = "configs/quickstart.py"
+  if args[0].startswith("--config=configs/quickstart.py:"):  # a variant, not a second --config
+    config, args = args[0].partition("=")[2], args[1:]
+  result = cli("--workdir", str(tmp_path / "run"), *(a.format(tmp=tmp_path) for a in args),
+               config=config)
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines

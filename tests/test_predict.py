@@ -105,6 +105,8 @@ def test_an_exported_npz_predicts_what_its_run_predicts(tmp_path, capsys):
     ("wrong class count", "3 class names for a model of 10 classes"),
     ("unknown preset", "--model 'ViT-Q/9' is not a registered model"),
     ("another architecture", "the parameters do not fit ViT-S/16"),
+    ("another family", "holds a ViT model but --model Mixer-B/16 is a Mixer model; name a ViT "
+                       "preset such as ViT-B/16"),
 ])
 def test_bad_input_is_one_error_line_and_status_2(tmp_path, capsys, case, message):
   trained_like_run(tmp_path / "run")
@@ -130,6 +132,10 @@ def test_bad_input_is_one_error_line_and_status_2(tmp_path, capsys, case, messag
     npz.save(str(tmp_path / "p.npz"), params)
     args = ["--params", str(tmp_path / "p.npz"), "--model", "ViT-S/16", "--image_size", "32",
             *good]
+  elif case == "another family":  # a ViT's file named as a Mixer
+    _, params = trained_like_run(tmp_path / "run2")
+    npz.save(str(tmp_path / "p.npz"), params)
+    args = ["--params", str(tmp_path / "p.npz"), "--model", "Mixer-B/16", *good]
   assert predict.main(args) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err

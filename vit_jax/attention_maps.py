@@ -39,11 +39,19 @@ class Layout:
 
 
 def layout(model: Mapping[str, Any], height: int, width: int) -> Layout:
-  """The token layout of a resolved `config.model` section on (height, width) images."""
-  from vit_jax.models import vit
+  """The token layout of a resolved `config.model` section on (height, width) images.
 
-  grid = vit.check_grid(height, width, model["patch_size"])
-  return Layout(grid, int(model["pool"] == "token"), model["patch_size"])
+  Raises ValueError for a model without attention (a Mixer).
+  """
+  from vit_jax.models import inputs, registry
+
+  family = registry.family_of(model["name"])
+  if "pool" not in model:
+    raise ValueError(f"{model['name']} is a {family.name} model: it has no attention to show; "
+                     "attention figures need a ViT or hybrid run")
+  stride = family.token_stride(model)
+  grid = inputs.check_grid(height, width, stride)
+  return Layout(grid, int(model["pool"] == "token"), stride)
 
 
 def inspection_model(model: Mapping[str, Any], num_classes: int) -> Any:

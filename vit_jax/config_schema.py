@@ -96,6 +96,7 @@ SCHEMA: dict[str, Field] = {
     # Model.
     "model.name": Field(STR, see="a registered preset, or a custom name with every size set"),
     **{f"model.{key}": Field(INT, POSITIVE, optional=True) for key in ARCH_KEYS},
+    "model.resnet_layers": Field(INTS, POSITIVE, optional=True),
     "model.posemb": Field(STR, see="posemb.check"),
     "model.posemb_mode": Field(STR, see="posemb.check"),
     "model.pool": Field(STR, POOLS),
@@ -162,13 +163,29 @@ def read(config: Any) -> tuple[dict[str, Any], list[str]]:
       values[key] = value
     else:
       problems.append(_unknown(key))
+  model_keys = _model_keys(values.get("model.name"))
+  for key in sorted(set(values) - model_keys):
+    if key.startswith("model.") and values[key] is not None:
+      problems.append(f"{key} does not apply to {values['model.name']}; remove it")
   missing = [s for s in SECTIONS if s not in found]
-  missing += [k for k in SCHEMA if k not in values and ("." not in k or found.get(k.split(".")[0]))]
+  missing += [k for k in SCHEMA if k not in values and ("." not in k or found.get(k.split(".")[0]))
+              and (not k.startswith("model.") or k in model_keys)]
   if missing:
     names = ", ".join(f"'{key}'" for key in missing)
     problems.append(f"missing config key{'s' if len(missing) > 1 else ''} {names}; start the "
                     "config from configs/common.py's get_config()")
   return values, problems
+
+
+def _model_keys(name: Any) -> set[str]:
+  """The dotted `model.` keys of the family `name` belongs to (every one when it is unknown)."""
+  try:
+    family = registry.family_of(name) if isinstance(name, str) else None
+  except registry.ModelNameError:  # reported by the model checks
+    family = None
+  if family is None:
+    return {key for key in SCHEMA if key.startswith("model.")}
+  return {"model.name", *(f"model.{key}" for key in registry.keys(family))}
 
 
 def _is_int(value: Any) -> bool:

@@ -29,7 +29,9 @@ def resolve_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   """Returns an unlocked copy with the model's size fields filled in from its preset.
 
   `model.name` must be a registered preset or a family's custom name (`ViT-custom`) with every
-  size field set; anything else is a ConfigError naming the closest presets.
+  size field set; anything else is a ConfigError naming the closest presets. The section keeps
+  only its family's keys (`registry.fit_to_family`); a key of another family set to a value of
+  its own is a ConfigError.
   """
   config = ml_collections.ConfigDict(config.to_dict())
   model = config.get("model")
@@ -41,9 +43,13 @@ def resolve_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     raise ConfigError(f"model.name must be a string, got {config_schema.show(name)}; use a "
                       "preset such as ViT-B/16 (python -m vit_jax.models lists them)")
   try:
-    model.update(registry.arch_values(model))
+    fitted, problems = registry.fit_to_family(model.to_dict())
+    if problems:
+      raise ConfigError("; ".join(problems))
+    fitted.update(registry.arch_values(fitted))
   except registry.ModelNameError as e:
     raise ConfigError(str(e)) from None
+  config.model = ml_collections.ConfigDict(fitted)
   return config
 
 

@@ -93,6 +93,9 @@ def run_similarity(workdir: str, path: str) -> None:
   with runs.Run(workdir) as run:
     config, params, grid = run.config, run.params(), run.grid()
   model = config["model"]
+  if "posemb" not in model:
+    raise ValueError(f"{workdir} trained {model['name']}, which has no position embedding; "
+                     "the similarity figure needs a ViT or hybrid run")
   kind = model["posemb"]
   module = params.get("Transformer", {}).get("posembed_input", {})
   table = posemb.patch_table(kind, module, grid, model["hidden_size"])

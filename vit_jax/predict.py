@@ -57,22 +57,27 @@ def from_params(path: str, name: str, image_size: int | None) -> tuple[dict[str,
     model = registry.section(name)
   except registry.ModelNameError as e:
     raise PredictError(str(e).replace("model.name", "--model", 1)) from None
-  if "head" not in params or "embedding" not in params:
-    raise PredictError(f"{path} has no head or no patch embedding: not a ViT classifier")
+  family, found = registry.family_of(name), registry.family_of_params(params)
+  if "head" not in params or found is None:
+    raise PredictError(f"{path} has no head or is no ViT, hybrid or Mixer classifier")
+  if found is not family:
+    raise PredictError(f"{path} holds a {found.name} model but --model {name} is a "
+                       f"{family.name} model; name a {found.name} preset such as {found.example}")
   if source.gelu is not None:  # a format that fixes it (timm: the exact GELU)
     model["gelu"] = source.gelu
   if "pre_logits" in params:
     model["representation_size"] = int(params["pre_logits"]["bias"].shape[0])
-  if "cls" not in params:  # no class token: pooled by a probe (MAP) or by the average
+  if "cls" not in params and "pool" in model:  # pooled by a probe (MAP) or by the average
     model["pool"] = "map" if "MAPHead_0" in params else "gap"
   if image_size is None:
     if source.grid is None:
       raise PredictError(f"{path} has no learned position table to read the resolution off; "
                          "give --image_size")
-    image_size = source.grid[0] * model["patch_size"]
+    image_size = source.grid[0] * family.token_stride(model)
+  first = params.get("conv_root") or params.get("embedding") or params["stem"]
   setup = {"model": model, "num_classes": int(params["head"]["bias"].shape[0]),
            "loss": "softmax_xent", "image_size": image_size,
-           "channels": int(params["embedding"]["kernel"].shape[-2]), "resize_small": 0}
+           "channels": int(first["kernel"].shape[-2]), "resize_small": 0}
   return setup, params
 
 

@@ -48,3 +48,27 @@ def test_extract_keeps_only_real_examples():
               "mask": np.array([1.0, 1.0, 1.0, 0.0])}]
   x, y = fewshot.extract(lambda params, batch: batch, None, batches)
   assert x.shape == (3, 2) and list(y) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("name", [pytest.param("ViT-custom", marks=pytest.mark.slow),
+                                  pytest.param("ResNet+ViT-custom", marks=pytest.mark.slow),
+                                  pytest.param("Mixer-custom", marks=pytest.mark.slow)])
+def test_feature_step_reads_the_pre_logits_of_every_family(name):
+  # The sown features once shared the pre-logits layer's name, which failed for any model with
+  # one (the paper's pretraining configs have a 768-wide pre-logits layer).
+  import jax
+  import jax.numpy as jnp
+
+  from vit_jax.models import registry
+
+  sizes = {"ViT-custom": dict(num_heads=2, mlp_dim=32),
+           "ResNet+ViT-custom": dict(num_heads=2, mlp_dim=32, resnet_layers=(), resnet_width=32),
+           "Mixer-custom": dict(tokens_mlp_dim=8, channels_mlp_dim=32)}[name]
+  patch = 1 if name == "ResNet+ViT-custom" else 4
+  model = registry.build(registry.section(name, patch_size=patch, hidden_size=16, num_layers=1,
+                                          representation_size=12, **sizes), 10)
+  images = jnp.zeros((3, 16, 16, 3))
+  params = model.init(jax.random.key(0), images)["params"]
+  out = fewshot.make_feature_step(model)(params, {"image": images, "label": jnp.arange(3),
+                                                  "mask": jnp.ones(3)})
+  assert out["features"].shape == (3, 12)

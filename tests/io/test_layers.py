@@ -63,7 +63,7 @@ def test_optimizer_states_that_mirror_the_parameters_convert_too():
 def test_layers_with_a_gap_in_their_numbering_are_refused():
   _, per_layer = params()
   del per_layer["Transformer"]["encoderblock_1"]
-  with pytest.raises(ValueError, match=r"encoder layers \[0, 2\] are not numbered 0..1"):
+  with pytest.raises(ValueError, match=r"encoderblock layers \[0, 2\] are not numbered 0..1"):
     layers.to_scanned(per_layer)
 
 

@@ -108,13 +108,14 @@ def test_another_architecture_is_refused_by_name():
 @pytest.mark.slow
 def test_init_from_a_run_resamples_its_checkpoint(tmp_path):
   source = init("learn1d", "token", (8, 8), seed=1)
-  config = {"image_size": 8, "model": {"patch_size": 4}}
+  config = {"image_size": 8, "model": {"name": "ViT-B/16", "patch_size": 4}}
   (tmp_path / "config.json").write_text(json.dumps(config))
   saver = checkpoint.Checkpointer(str(tmp_path), 1, 1)
   saver.save(5, {"step": np.int32(5), "params": source, "opt_state": {}}, force=True)
   saver.close()
   new = ml_collections.ConfigDict({"init_from": str(tmp_path), "image_size": 12,
-                                   "posemb_resample": "bicubic", "model": {"patch_size": 4}})
+                                   "posemb_resample": "bicubic",
+                                   "model": {"name": "ViT-B/16", "patch_size": 4}})
   params = loop.initial_params(new, pretrained.load(str(tmp_path)),
                                init("learn1d", "token", (12, 12), seed=2))
   want = posemb_resize.resize_learn1d(source["Transformer"]["posembed_input"]["pos_embedding"],
@@ -134,7 +135,8 @@ def test_reset_head_starts_a_zero_head_and_unused_source_layers_are_logged(caplo
   target["head"] = jax.tree.map(np.zeros_like, target["head"])  # the model's zero init
   for reset in (False, True):
     config = ml_collections.ConfigDict({"image_size": 8, "posemb_resample": "bilinear",
-                                        "reset_head": reset, "model": {"patch_size": 4}})
+                                        "reset_head": reset,
+                                        "model": {"name": "ViT-B/16", "patch_size": 4}})
     with caplog.at_level(logging.INFO, logger="vit_jax"):
       params = loop.initial_params(config, source, target)
     want = target["head"] if reset else source.params["head"]
@@ -143,3 +145,31 @@ def test_reset_head_starts_a_zero_head_and_unused_source_layers_are_logged(caplo
     np.testing.assert_array_equal(params["cls"], source.params["cls"])
   assert "new head/bias, head/kernel" in caplog.text
   assert "not used from the source: pre_logits/bias, pre_logits/kernel" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_hybrid_is_resampled_on_its_feature_grid():
+  from vit_jax.models import registry
+
+  model = registry.section("ResNet+ViT-custom", patch_size=1, hidden_size=32, num_layers=1,
+                           num_heads=2, mlp_dim=32, resnet_layers=(1, 1), resnet_width=32)
+  module = registry.build(model, 3)
+
+  def params(size, seed):
+    p = module.init(jax.random.key(seed), jnp.zeros((1, size, size, 1)))["params"]
+    noise = jax.random.key(seed + 100)
+    return jax.device_get(jax.tree.map(lambda a: a + jax.random.normal(noise, a.shape), p))
+
+  source = pretrained.Pretrained(params(32, 1), (4, 4), "hybrid.npz")  # stride 8: 32 px -> 4x4
+  config = ml_collections.ConfigDict({"image_size": 64, "posemb_resample": "bilinear",
+                                      "reset_head": False, "model": model})
+  started = loop.initial_params(config, source, params(64, 2))
+  table = source.params["Transformer"]["posembed_input"]["pos_embedding"]
+  np.testing.assert_allclose(started["Transformer"]["posembed_input"]["pos_embedding"],
+                             posemb_resize.resize_learn1d(table, (4, 4), (8, 8)), rtol=1e-6)
+  for path in (("conv_root", "kernel"), ("block2", "unit1", "gn_proj", "scale"),
+               ("embedding", "kernel")):
+    got, want = started, source.params
+    for key in path:
+      got, want = got[key], want[key]
+    np.testing.assert_array_equal(got, want)  # the stem and the embedding carry over unchanged

@@ -121,7 +121,7 @@ def test_zip_member_that_is_no_array(tmp_path):
 def make_run(workdir, params, image_size=8):
   workdir.mkdir(exist_ok=True)
   (workdir / "config.json").write_text(json.dumps({"image_size": image_size,
-                                                   "model": {"patch_size": 4}}))
+                                                   "model": {"name": "ViT-B/16", "patch_size": 4}}))
   saver = Checkpointer(str(workdir), 1, 1)
   saver.save(3, {"step": np.int32(3), "params": params, "opt_state": {}}, force=True)
   saver.close()
@@ -140,7 +140,8 @@ def test_workdir_without_config(tmp_path):
 
 
 def test_workdir_without_checkpoints_is_left_untouched(tmp_path):
-  (tmp_path / "config.json").write_text(json.dumps({"image_size": 8, "model": {"patch_size": 4}}))
+  (tmp_path / "config.json").write_text(
+      json.dumps({"image_size": 8, "model": {"name": "ViT-B/16", "patch_size": 4}}))
   refused(tmp_path, "has no checkpoint in checkpoints/; let that run save one")
   assert sorted(os.listdir(tmp_path)) == ["config.json"]
 
@@ -159,4 +160,49 @@ def test_unreadable_checkpoint(tmp_path):
 def test_config_without_grid(tmp_path):
   make_run(tmp_path / "run", init((8, 8)))
   (tmp_path / "run" / "config.json").write_text("{}")
-  refused(tmp_path / "run", "config.json lacks image_size or model.patch_size")
+  refused(tmp_path / "run", "config.json lacks image_size or the model.s size fields")
+
+
+OTHER_FAMILIES = {
+    "ResNet+ViT-custom": dict(patch_size=1, hidden_size=32, num_layers=1, num_heads=2,
+                              mlp_dim=32, resnet_layers=(1, 1), resnet_width=32),
+    "Mixer-custom": dict(patch_size=4, hidden_size=16, num_layers=2, tokens_mlp_dim=8,
+                         channels_mlp_dim=32, scan_layers=True),
+}
+
+
+@pytest.mark.parametrize("name,norm_shape", [
+    pytest.param("Mixer-custom", "flat", marks=pytest.mark.slow),
+    pytest.param("ResNet+ViT-custom", "flat", marks=pytest.mark.slow),
+    pytest.param("ResNet+ViT-custom", "1x1x1xC", marks=pytest.mark.slow),
+])
+def test_hybrid_and_mixer_npz_round_trip_with_identical_logits(tmp_path, name, norm_shape):
+  from vit_jax.models import registry
+
+  model = registry.section(name, **OTHER_FAMILIES[name])
+  module = registry.build(model, 5)
+  images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  params = module.init(jax.random.key(0), images)["params"]
+  rng = np.random.default_rng(0)  # every parameter random, the zero-initialised ones included
+  params = jax.tree.map(lambda a: rng.normal(0, 0.2, a.shape).astype(np.float32), params)
+  expected = module.apply({"params": params}, images)
+  path = tmp_path / "p.npz"
+  npz.save(str(path), params)
+  if norm_shape == "1x1x1xC":  # GroupNorm parameters as some original hybrid files store them
+    with np.load(path) as f:
+      arrays = {k: f[k].reshape(1, 1, 1, -1) if "/gn" in f"/{k}" else f[k] for k in f.files}
+    assert arrays["gn_root/scale"].shape == (1, 1, 1, 32)
+    np.savez(path, **arrays)
+  with np.load(path) as f:
+    keys = set(f.files)
+  if name.startswith("Mixer"):
+    assert {"stem/kernel", "MixerBlock_1/token_mixing/Dense_0/kernel",
+            "pre_head_layer_norm/scale", "head/bias"} <= keys  # per layer, though scanned
+  else:
+    assert {"conv_root/kernel", "gn_root/bias", "block2/unit1/conv_proj/kernel",
+            "block2/unit1/gn3/scale", "embedding/kernel", "cls"} <= keys
+  loaded = pretrained.load(str(path))
+  assert loaded.grid == ((8, 8) if name.startswith("Mixer") else (4, 4))
+  got = module.apply({"params": layers.to_scanned(loaded.params) if model["scan_layers"]
+                      else loaded.params}, images)
+  np.testing.assert_array_equal(got, expected)

@@ -294,7 +294,8 @@ def test_starting_from_a_timm_file_warns_unless_gelu_is_exact(tmp_path, caplog, 
   write_timm(tmp_path / "vit.safetensors", params)
   config = ml_collections.ConfigDict({
       "image_size": IMAGE[1], "posemb_resample": "bilinear",
-      "model": {"patch_size": SIZE["patch_size"], "num_heads": SIZE["num_heads"], "gelu": gelu}})
+      "model": {"name": "ViT-B/16", "patch_size": SIZE["patch_size"],
+                "num_heads": SIZE["num_heads"], "gelu": gelu}})
   with caplog.at_level(logging.INFO, logger="vit_jax"):
     started = loop.initial_params(config, pretrained.load(str(tmp_path / "vit.safetensors")),
                                   jax.tree.map(np.zeros_like, params))

@@ -26,3 +26,18 @@ def test_matmul_count_is_just_below_xlas_count_of_every_operation():
   ours = flops.forward_flops(**shape("ViT-Ti/16"))
   assert 0.97 * xla <= ours <= xla  # XLA also counts norms, softmax, GELU and additions
 
+
+
+@pytest.mark.slow
+def test_hybrid_count_includes_the_resnet_convolutions_and_is_just_below_xlas():
+  model = registry.section("R26+ViT-S/32", attention="plain")
+  module = registry.build(model, 1000)
+  images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+  params = jax.eval_shape(module.init, jax.random.key(0), images)
+  xla = jax.jit(module.apply).lower(params, images).cost_analysis()["flops"]
+  ours = registry.forward_flops(model, 1000, 224)
+  assert 0.97 * xla <= ours <= xla  # XLA also counts GroupNorm, ReLU, pooling and additions
+  # The Transformer alone (a 7x7 grid of 2048-channel "patches") is well under half of it.
+  vit = flops.forward_flops(image_size=(7, 7), patch_size=1, channels=2048, hidden_size=384,
+                            num_layers=12, mlp_dim=1536, num_classes=1000)
+  assert ours - vit > 0.6 * ours

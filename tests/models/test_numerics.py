@@ -84,7 +84,7 @@ def test_layernorm_epsilon_reaches_every_layernorm(pool):
 
 def features(model, params, images):
   _, state = model.apply({"params": params}, images, mutable=["intermediates"])
-  return state["intermediates"]["pre_logits"][0]
+  return state["intermediates"]["features"][0]
 
 
 def resolved():

@@ -5,8 +5,47 @@ import pytest
 from vit_jax.models import __main__ as models_cli
 from vit_jax.models import registry, vit
 
-# The paper's models at 224x224, 1000 classes, class token, no pre-logits.
+
+def vit_count(d, layers, mlp, tokens, embed_in, classes=1000):
+  """A ViT's parameters by hand: embedding, class token, position table, blocks, head."""
+  block = 4 * d + 4 * (d * d + d) + (d * mlp + mlp + mlp * d + d)
+  return embed_in * d + d + d + (tokens + 1) * d + layers * block + 2 * d + d * classes + classes
+
+
+def resnet_count(stages, width=64):
+  """The hybrid's ResNet stem by hand: root conv + GN, then bottleneck units."""
+  total, cin = 7 * 7 * 3 * width + 2 * width, width
+  for b, units in enumerate(stages):
+    mid = width * 2**b
+    for u in range(units):
+      total += cin * mid + 2 * mid + 9 * mid * mid + 2 * mid + mid * 4 * mid + 8 * mid
+      if u == 0:  # every stage's first unit changes the width (or the stride): a projection
+        total += cin * 4 * mid + 8 * mid
+      cin = 4 * mid
+  return total
+
+
+def mixer_count(patch, d, layers, tokens_mlp, channels_mlp, image=224, classes=1000):
+  """A Mixer's parameters by hand: stem, blocks (2 norms, 2 MLPs), pre-head norm, head."""
+  t = (image // patch) ** 2
+  block = 4 * d + (t * tokens_mlp + tokens_mlp + tokens_mlp * t + t)
+  block += d * channels_mlp + channels_mlp + channels_mlp * d + d
+  return patch * patch * 3 * d + d + layers * block + 2 * d + d * classes + classes
+
+
+# At 224x224 with 1000 classes and no pre-logits: the ViT paper's models (class token), its
+# hybrids and the Mixer paper's models. Where no exact count is published, the count by hand.
 EXPECTED = {
+    "R50+ViT-B/16": 98_659_112,
+    "R26+ViT-S/32": 36_431_912,
+    "R50+ViT-L/32": resnet_count((3, 4, 6, 3)) + vit_count(1024, 24, 4096, 49, 2048),
+    "Mixer-S/16": 18_528_264,
+    "Mixer-B/16": 59_880_472,
+    "Mixer-B/32": 60_293_428,
+    "Mixer-L/16": 208_196_168,
+    "Mixer-S/32": mixer_count(32, 512, 8, 256, 2048),
+    "Mixer-L/32": mixer_count(32, 1024, 24, 512, 4096),
+    "Mixer-H/14": mixer_count(14, 1280, 32, 640, 5120),
     "ViT-Ti/16": 5_717_416,
     "ViT-S/16": 22_050_664,
     "ViT-S/32": 22_878_952,
@@ -22,6 +61,26 @@ EXPECTED = {
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_parameter_count_matches_paper(name):
   assert registry.param_count(registry.section(name), 1000, 224) == EXPECTED[name]
+
+
+def test_the_counts_by_hand_agree_with_the_published_ones():
+  assert resnet_count((3, 4, 9)) + vit_count(768, 12, 3072, 196, 1024) == 98_659_112
+  assert resnet_count((2, 2, 2, 2)) + vit_count(384, 12, 1536, 49, 2048) == 36_431_912
+  assert vit_count(768, 12, 3072, 196, 16 * 16 * 3) == 86_567_656  # ViT-B/16
+  assert mixer_count(16, 768, 12, 384, 3072) == 59_880_472
+  assert mixer_count(32, 768, 12, 384, 3072) == 60_293_428
+
+
+def test_mixer_counts_round_to_the_mixer_papers_table_without_the_head():
+  # Table 1 of the Mixer paper, in millions; its counts leave out the 1000-class head.
+  table = {"S/32": 19, "S/16": 18, "B/32": 60, "B/16": 59, "L/32": 206, "L/16": 207, "H/14": 431}
+  head = {size: d * 1000 + 1000 for size, d in (("S", 512), ("B", 768), ("L", 1024), ("H", 1280))}
+  assert {n: round((EXPECTED[f"Mixer-{n}"] - head[n[0]]) / 1e6) for n in table} == table
+
+
+@pytest.mark.slow
+def test_hybrid_at_384():
+  assert registry.param_count(registry.section("R50+ViT-B/16"), 1000, 384) == 98_950_952
 
 
 def test_every_preset_is_checked():

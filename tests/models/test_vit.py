@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax.models.vit import VisionTransformer, check_grid
+from vit_jax.models.inputs import check_grid
+from vit_jax.models.vit import VisionTransformer
 
 TINY = dict(num_classes=10, patch_size=8, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64)
 

@@ -41,9 +41,14 @@ _FLAGS = {"model.name": "--model", "model.attention": "--attention", "model.rema
 
 
 def model_section(setup: Setup) -> dict[str, Any]:
-  """The `config.model` section of the measured model (vit_jax.models.registry)."""
-  return registry.section(setup.model, attention=setup.attention, remat=setup.remat,
-                          scan_layers=setup.scan_layers, dtype=setup.dtype)
+  """The `config.model` section of the measured model (vit_jax.models.registry).
+
+  `--attention` applies to the families with attention and is ignored by a Mixer.
+  """
+  options = dict(attention=setup.attention, remat=setup.remat, scan_layers=setup.scan_layers,
+                 dtype=setup.dtype)
+  keys = registry.keys(registry.family_of(setup.model))
+  return registry.section(setup.model, **{k: v for k, v in options.items() if k in keys})
 
 
 def check(setup: Setup, device_count: int) -> str | None:

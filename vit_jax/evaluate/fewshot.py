@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from vit_jax.models.family import FEATURES
+
 
 def ridge_fit(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, np.ndarray]:
   """Weights (F, C) and bias (C,) minimising |x w + b - y|^2 + l2 |w|^2 (the bias is free)."""
@@ -56,12 +58,12 @@ def fewshot_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
 
 
 def make_feature_step(model: nn.Module) -> Callable[[Any, dict], dict]:
-  """Returns f(params, batch) -> {"features", "label", "mask"} using the sown pre-logits."""
+  """Returns f(params, batch) -> {"features", "label", "mask"} using the sown features."""
 
   def step(params: Any, batch: dict) -> dict:
     _, state = model.apply({"params": params}, batch["image"], train=False,
                            mutable=["intermediates"])
-    features = state["intermediates"]["pre_logits"][0].astype("float32")
+    features = state["intermediates"][FEATURES][0].astype("float32")
     return {"features": features, "label": batch["label"], "mask": batch["mask"]}
 
   return step

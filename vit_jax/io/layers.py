@@ -1,9 +1,10 @@
-"""Converting between per-layer and scanned encoder parameters.
+"""Converting between per-layer and scanned block parameters.
 
-Checkpoints and interchange files always hold `Transformer/encoderblock_{i}/...`, one subtree per
-layer. A model built with `scan_layers` keeps the same tensors as one subtree
-`Transformer/encoderblock/...` with a leading layer axis. The conversions apply wherever such a
-subtree appears in a pytree, so they also convert optimizer states that mirror the parameters.
+Checkpoints and interchange files always hold one subtree per layer: a ViT's
+`Transformer/encoderblock_{i}/...`, a Mixer's `MixerBlock_{i}/...`. A model built with
+`scan_layers` keeps the same tensors as one subtree (`Transformer/encoderblock/...`,
+`MixerBlock/...`) with a leading layer axis. The conversions apply wherever such a subtree
+appears in a pytree, so they also convert optimizer states that mirror the parameters.
 """
 
 from __future__ import annotations
@@ -15,12 +16,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-SCANNED = "encoderblock"
-_LAYER = re.compile(rf"^{SCANNED}_(\d+)$")
+SCANNED_NAMES = ("encoderblock", "MixerBlock")  # the scanned subtree of each family
+_LAYER = re.compile(rf"^({'|'.join(SCANNED_NAMES)})_(\d+)$")
+
+
+def _scanned_name(node: Any) -> str | None:
+  if isinstance(node, Mapping):
+    return next((name for name in SCANNED_NAMES if name in node), None)
+  return None
 
 
 def _has_scanned(node: Any) -> bool:
-  return isinstance(node, Mapping) and SCANNED in node
+  return _scanned_name(node) is not None
 
 
 def _has_layers(node: Any) -> bool:
@@ -28,31 +35,34 @@ def _has_layers(node: Any) -> bool:
 
 
 def _unstack(node: Mapping, count: int) -> dict:
-  stacked = node[SCANNED]
-  out = {k: v for k, v in node.items() if k != SCANNED}
+  name = _scanned_name(node)
+  stacked = node[name]
+  out = {k: v for k, v in node.items() if k != name}
   for i in range(count):
-    out[f"{SCANNED}_{i}"] = jax.tree.map(lambda a, i=i: a[i], stacked)
+    out[f"{name}_{i}"] = jax.tree.map(lambda a, i=i: a[i], stacked)
   return out
 
 
 def _stack(node: Mapping) -> dict:
-  indices = sorted(int(_LAYER.match(str(k)).group(1)) for k in node if _LAYER.match(str(k)))
+  matches = [_LAYER.match(str(k)) for k in node]
+  name = next(m.group(1) for m in matches if m)
+  indices = sorted(int(m.group(2)) for m in matches if m and m.group(1) == name)
   if indices != list(range(len(indices))):
-    raise ValueError(f"encoder layers {indices} are not numbered 0..{len(indices) - 1}")
-  layers = [node[f"{SCANNED}_{i}"] for i in indices]
+    raise ValueError(f"{name} layers {indices} are not numbered 0..{len(indices) - 1}")
+  layers = [node[f"{name}_{i}"] for i in indices]
   out = {k: v for k, v in node.items() if not _LAYER.match(str(k))}
-  out[SCANNED] = jax.tree.map(lambda *a: jnp.stack(a), *layers)
+  out[name] = jax.tree.map(lambda *a: jnp.stack(a), *layers)
   return out
 
 
 def to_per_layer(tree: Any) -> Any:
-  """Every scanned `encoderblock` subtree of `tree` split into `encoderblock_{i}` subtrees.
+  """Every scanned subtree of `tree` (`encoderblock`, `MixerBlock`) split into `{name}_{i}`.
 
   The layer count comes from the first subtree holding an array, so subtrees without arrays
   (e.g. optimizer-state placeholders of frozen parameters) are split alike.
   """
   counts = [a.shape[0] for node in jax.tree.leaves(tree, is_leaf=_has_scanned)
-            if _has_scanned(node) for a in jax.tree.leaves(node[SCANNED])]
+            if _has_scanned(node) for a in jax.tree.leaves(node[_scanned_name(node)])]
   if not counts:
     return tree
   return jax.tree.map(lambda n: _unstack(n, counts[0]) if _has_scanned(n) else n, tree,
@@ -60,5 +70,5 @@ def to_per_layer(tree: Any) -> Any:
 
 
 def to_scanned(tree: Any) -> Any:
-  """Every set of `encoderblock_{i}` subtrees of `tree` stacked into one `encoderblock`."""
+  """Every set of `{name}_{i}` subtrees of `tree` stacked into one `{name}` subtree."""
   return jax.tree.map(lambda n: _stack(n) if _has_layers(n) else n, tree, is_leaf=_has_layers)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -93,7 +94,20 @@ def infer_grid(path: str, params: Mapping[str, Any]) -> Grid | None:
     found = ", ".join(f"{k} {g[0]}x{g[1]}" for k, g in grids.items())
     raise PretrainedError(f"{path}: the position tables disagree on the grid ({found}); "
                           f"{_SOURCES}")
+  if not grids and "MixerBlock_0" in params:  # a Mixer's token-mixing weights fix its grid
+    tokens = np.shape(params["MixerBlock_0"]["token_mixing"]["Dense_0"]["kernel"])[0]
+    side = math.isqrt(tokens)
+    return (side, side) if side * side == tokens else None
   return next(iter(grids.values()), None)
+
+
+_GROUP_NORM = re.compile(r"(^|/)gn(_root|_proj|[123])/(scale|bias)$")
+
+
+def _squeeze_group_norms(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """GroupNorm scales and biases stored as (1, 1, 1, C), as some hybrid files do, made (C,)."""
+  return {key: value.reshape(-1) if _GROUP_NORM.search(key) and value.shape[:3] == (1, 1, 1)
+          and value.ndim == 4 else value for key, value in flat.items()}
 
 
 def _load_npz(path: str) -> Pretrained:
@@ -115,6 +129,8 @@ def _load_npz(path: str) -> Pretrained:
   for key, value in flat.items():
     if not isinstance(value, np.ndarray):
       raise PretrainedError(f"{path}: member {key} is no .npy array; {_SOURCES}")
+  flat = _squeeze_group_norms(flat)
+  params = traverse_util.unflatten_dict(flat, sep="/")
   if big_vision.is_big_vision(flat):
     try:
       params = traverse_util.unflatten_dict(big_vision.to_original(flat), sep="/")

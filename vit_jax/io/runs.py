@@ -16,6 +16,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vit_jax.models import registry
+
 CHECKPOINTS = "checkpoints"  # the subdirectory of a workdir that holds its checkpoints
 CLASSES = "classes.txt"  # written by vit_jax.main for datasets whose classes have names
 
@@ -113,11 +115,10 @@ class Run:
   def grid(self) -> tuple[int, int]:
     """The patch grid the run trained at, from its config."""
     try:
-      side = int(self.config["image_size"]) // int(self.config["model"]["patch_size"])
+      return registry.grid(self.config["model"], int(self.config["image_size"]))
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
-      raise RunError(f"{self.workdir}/config.json lacks image_size or model.patch_size; give a "
-                     "training run's workdir") from None
-    return side, side
+      raise RunError(f"{self.workdir}/config.json lacks image_size or the model's size fields; "
+                     "give a training run's workdir") from None
 
   def close(self) -> None:
     """Releases Orbax's resources."""

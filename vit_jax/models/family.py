@@ -12,6 +12,10 @@ from typing import Any
 
 import flax.linen as nn
 
+# Every family sows its pooled (or pre-logits) features as `intermediates/<FEATURES>` (few-shot
+# evaluation reads them). Not "pre_logits": that is the name of the pre-logits layer itself.
+FEATURES = "features"
+
 
 @dataclasses.dataclass(frozen=True)
 class Family:
@@ -22,7 +26,9 @@ class Family:
   wrong between keys: `values` maps dotted config keys ("image_size", "model.patch_size", ...)
   to the values that passed their own type and range checks, and a check that needs a key
   missing there is skipped. `forward_flops(model, (height, width), channels, num_classes)` counts
-  one image's matmul FLOPs (2 per multiply-add).
+  one image's matmul FLOPs (2 per multiply-add). `token_stride(model)` is the input pixels per
+  token along each axis, so a model sees an (image_size / token_stride)^2 grid of tokens.
+  `recognizes(params)` tells whether top-level parameter names are this family's.
   """
 
   name: str
@@ -32,6 +38,10 @@ class Family:
   build: Callable[[Mapping[str, Any], int], nn.Module]
   check: Callable[[Mapping[str, Any], str], list[str]]
   forward_flops: Callable[[Mapping[str, Any], tuple[int, int], int, int], int]
+  token_stride: Callable[[Mapping[str, Any]], int]
+  recognizes: Callable[[Mapping[str, Any]], bool]
+  example: str  # a preset named in messages
+  resizable: bool = True  # False: its weights fix the token count (no other resolution)
   image_size: int = 224  # the presets' resolution
 
   @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -14,11 +15,16 @@ GELUS = ("tanh", "exact")
 
 
 class MlpBlock(nn.Module):
-  """Dense(mlp_dim) -> GELU -> dropout -> Dense(width) -> dropout."""
+  """Dense(mlp_dim) -> GELU -> dropout -> Dense(width) -> dropout.
+
+  The initialisers default to the ViT's (Xavier-uniform kernels, biases of std 1e-6).
+  """
 
   mlp_dim: int
   dropout: float = 0.0
   gelu: str = "tanh"  # one of GELUS
+  kernel_init: Callable = nn.initializers.xavier_uniform()
+  bias_init: Callable = nn.initializers.normal(stddev=1e-6)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -27,8 +33,8 @@ class MlpBlock(nn.Module):
     dense = dict(
         dtype=self.dtype,
         param_dtype=self.param_dtype,
-        kernel_init=nn.initializers.xavier_uniform(),
-        bias_init=nn.initializers.normal(stddev=1e-6),
+        kernel_init=self.kernel_init,
+        bias_init=self.bias_init,
     )
     if self.gelu not in GELUS:
       raise ValueError(f"gelu '{self.gelu}' is not one of {', '.join(GELUS)}")

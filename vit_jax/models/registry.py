@@ -18,12 +18,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models import vit
+from vit_jax.models import hybrid, mixer, vit
 from vit_jax.models.family import Family
 
-FAMILIES: tuple[Family, ...] = (vit.FAMILY,)
+FAMILIES: tuple[Family, ...] = (vit.FAMILY, hybrid.FAMILY, mixer.FAMILY)
 PRESETS: dict[str, Family] = {name: f for f in FAMILIES for name in f.presets}
 CUSTOM: dict[str, Family] = {f.custom: f for f in FAMILIES}
+
+
+def _key_types() -> dict[str, type]:
+  types: dict[str, type] = {}
+  for f in FAMILIES:
+    preset = next(iter(f.presets.values()))
+    types.update({key: type(preset[key]) for key in f.arch_keys if key not in types})
+    types.update({key: type(value) for key, value in f.defaults.items() if key not in types})
+  return types
+
+
+# Every key a `config.model` section of any family can hold (besides `name`), with its type.
+KEY_TYPES: dict[str, type] = _key_types()
 
 
 class ModelNameError(ValueError):
@@ -40,6 +53,44 @@ def family_of(name: str) -> Family:
   raise ModelNameError(
       f"model.name '{name}' is not a registered model; {hint}`python -m vit_jax.models` lists "
       f"them, and {' or '.join(CUSTOM)} with every size field set names a custom one")
+
+
+def keys(family: Family) -> tuple[str, ...]:
+  """The `config.model` keys of `family` besides `name`: its size fields, then its defaults."""
+  return (*family.arch_keys, *family.defaults)
+
+
+def default_of(key: str) -> Any:
+  """The default of a non-size key, from the first family that has it (None for size keys)."""
+  return next((f.defaults[key] for f in FAMILIES if key in f.defaults), None)
+
+
+def fit_to_family(model: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+  """`model` with exactly its family's keys, and the keys that cannot be dropped.
+
+  A section made for another family (after `--config.model.name=Mixer-B/16` on a ViT config)
+  keeps the keys both have; the family's own keys it lacks (or holds unset) get their defaults;
+  keys of other families are dropped where unset or at their default, and otherwise named in
+  the returned problems, since their value would be silently ignored.
+  """
+  family = family_of(model.get("name"))
+  own = keys(family)
+  fitted: dict[str, Any] = {"name": model["name"]}
+  problems = []
+  for key, value in model.items():
+    if key == "name":
+      continue
+    if key in own or key not in KEY_TYPES:  # unknown keys are left for validation to name
+      fitted[key] = value
+    elif value is not None and value != default_of(key):
+      problems.append(f"model.{key}={value!r} does not apply to {model['name']} (a "
+                      f"{family.name} model); remove it, or name a model that has it")
+  for key, value in family.defaults.items():
+    if fitted.get(key) is None:
+      fitted[key] = value
+  for key in family.arch_keys:
+    fitted.setdefault(key, None)
+  return fitted, problems
 
 
 def arch_values(model: Mapping[str, Any]) -> dict[str, Any]:
@@ -84,6 +135,17 @@ def check(values: Mapping[str, Any], backend: str) -> list[str]:
   except ModelNameError as e:
     return [str(e)]
   return family.check(values, backend)
+
+
+def grid(model: Mapping[str, Any], image_size: int) -> tuple[int, int]:
+  """The (gh, gw) grid of tokens a model sees at `image_size` (square images)."""
+  side = image_size // family_of(model["name"]).token_stride(model)
+  return side, side
+
+
+def family_of_params(params: Mapping[str, Any]) -> Family | None:
+  """The family whose top-level parameter names `params` has, or None if none recognises it."""
+  return next((f for f in FAMILIES if f.recognizes(params)), None)
 
 
 def param_count(model: Mapping[str, Any], num_classes: int, image_size: int,

@@ -14,8 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models import attention, flops, inputs, posemb
-from vit_jax.models.family import Family
+from vit_jax.models import attention, flops, inputs, posemb, resnet
+from vit_jax.models.family import FEATURES, Family
 from vit_jax.models.heads import MAPHead
 from vit_jax.models.mlp import MlpBlock
 
@@ -160,24 +160,19 @@ class Encoder(nn.Module):
                         param_dtype=self.param_dtype)(x)
 
 
-def check_grid(height: int, width: int, patch_size: int) -> tuple[int, int]:
-  """Returns the patch grid (gh, gw), or raises a clear error when the image does not tile."""
-  if height % patch_size or width % patch_size:
-    raise ValueError(
-        f"image size {height}x{width} is not divisible by the patch size {patch_size}; "
-        f"use an image size that is a multiple of {patch_size} (e.g. "
-        f"{max(1, round(height / patch_size)) * patch_size}x"
-        f"{max(1, round(width / patch_size)) * patch_size})"
-    )
-  return height // patch_size, width // patch_size
+def token_stride(patch_size: int, resnet_layers: tuple[int, ...] | None) -> int:
+  """Input pixels per token along each axis: the patch size, times the ResNet stem's stride."""
+  return patch_size * (1 if resnet_layers is None else resnet.stride(resnet_layers))
 
 
 class VisionTransformer(nn.Module):
   """ViT classifier: strided-conv patch embedding, Transformer encoder, pooling and head.
 
-  Takes images (B, H, W, C) with H and W multiples of `patch_size` and returns float32 logits
-  (B, num_classes), computed by a float32 head whatever the compute dtype. The pooled (or
-  pre-logits) features are sown as `intermediates/pre_logits`.
+  Takes images (B, H, W, C) with H and W multiples of the token stride (`patch_size`, times the
+  ResNet stem's stride in a hybrid) and returns float32 logits (B, num_classes), computed by a
+  float32 head whatever the compute dtype. The pooled (or pre-logits) features are sown as
+  `intermediates/features`. With `resnet_layers` (the hybrid) the patches are cut from the
+  feature map of a ResNet stem (`vit_jax.models.resnet`) instead of the image.
   """
 
   num_classes: int
@@ -198,6 +193,8 @@ class VisionTransformer(nn.Module):
   layernorm_epsilon: float = 1e-6  # of every LayerNorm
   remat: str = "none"
   scan_layers: bool = False
+  resnet_layers: tuple[int, ...] | None = None  # units per stage of a ResNet stem (the hybrid)
+  resnet_width: int = 64  # the ResNet root's width; stage b is 4 * width * 2**(b-1) wide
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -206,12 +203,18 @@ class VisionTransformer(nn.Module):
     if self.pool not in POOLS:
       raise ValueError(f"unknown pooling '{self.pool}'; choose one of: {', '.join(POOLS)}")
     batch, height, width, _ = images.shape
-    grid = check_grid(height, width, self.patch_size)
+    stride = token_stride(self.patch_size, self.resnet_layers)
+    what = "the patch size" if self.resnet_layers is None else (
+        f"the hybrid's stride (ResNet stem {stride // self.patch_size} x patch "
+        f"{self.patch_size}) =")
+    grid = inputs.check_grid(height, width, stride, what)
     dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     p = self.patch_size
-    x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding="VALID", name="embedding", **dt)(
-        inputs.to_unit_range(images).astype(self.dtype)
-    )
+    x = inputs.to_unit_range(images).astype(self.dtype)
+    if self.resnet_layers is not None:
+      x = resnet.stem(x, self.resnet_layers, self.resnet_width, **dt)
+    x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding="VALID", name="embedding",
+                **dt)(x)
     x = x.reshape(batch, -1, self.hidden_size)  # patches in raster (row-major) order
     if self.pool == "token":
       cls = self.param("cls", nn.initializers.zeros, (1, 1, self.hidden_size), self.param_dtype)
@@ -241,7 +244,7 @@ class VisionTransformer(nn.Module):
                   layernorm_epsilon=self.layernorm_epsilon, name="MAPHead_0", **dt)(x)
     if self.representation_size:
       x = nn.tanh(nn.Dense(self.representation_size, name="pre_logits", **dt)(x))
-    self.sow("intermediates", "pre_logits", x)
+    self.sow("intermediates", FEATURES, x)
     # The head runs in float32: with a bias init of -10, bfloat16 logits would be 1/16 apart.
     return nn.Dense(
         self.num_classes,
@@ -310,8 +313,14 @@ def build(model: Mapping[str, Any], num_classes: int) -> VisionTransformer:
       layernorm_epsilon=model.get("layernorm_epsilon", 1e-6),
       remat=model.get("remat", "none"),
       scan_layers=model.get("scan_layers", False),
+      resnet_layers=_layers(model.get("resnet_layers")),
+      resnet_width=model.get("resnet_width") or 64,
       dtype=jnp.dtype(model["dtype"]),
   )
+
+
+def _layers(value: Any) -> tuple[int, ...] | None:
+  return None if value is None else tuple(int(v) for v in value)
 
 
 def check_config(values: Mapping[str, Any], backend: str) -> list[str]:
@@ -323,9 +332,13 @@ def check_config(values: Mapping[str, Any], backend: str) -> list[str]:
   problems = []
   if have("image_size", "model.patch_size"):
     p, size = values["model.patch_size"], values["image_size"]
-    if size % p:
-      problems.append(f"image_size {size} is not divisible by model.patch_size {p}; use a "
-                      f"multiple of {p} such as {max(1, round(size / p)) * p}")
+    layers = _layers(values.get("model.resnet_layers"))
+    stride = token_stride(p, layers)
+    what = (f"model.patch_size {p}" if layers is None else
+            f"the hybrid's stride {stride} (ResNet stem {stride // p} x model.patch_size {p})")
+    if size % stride:
+      problems.append(f"image_size {size} is not divisible by {what}; use a multiple of "
+                      f"{stride} such as {max(1, round(size / stride)) * stride}")
   width, heads = values.get("model.hidden_size"), values.get("model.num_heads")
   if have("model.hidden_size", "model.num_heads") and width % heads:
     problems.append(f"model.hidden_size {width} is not divisible by model.num_heads {heads}")
@@ -344,13 +357,32 @@ def check_config(values: Mapping[str, Any], backend: str) -> list[str]:
 
 def forward_flops(model: Mapping[str, Any], image_size: tuple[int, int], channels: int,
                   num_classes: int) -> int:
-  """Matmul FLOPs of one image's forward pass (vit_jax.models.flops)."""
-  return flops.forward_flops(
+  """Matmul FLOPs of one image's forward pass (vit_jax.models.flops), ResNet stem included."""
+  layers = _layers(model.get("resnet_layers"))
+  stem = 0
+  if layers is not None:
+    width = model["resnet_width"]
+    stem = resnet.forward_flops(layers, width, image_size, channels)
+    stride = resnet.stride(layers)
+    image_size = (image_size[0] // stride, image_size[1] // stride)
+    channels = resnet.out_channels(layers, width)
+  return stem + flops.forward_flops(
       image_size=image_size, patch_size=model["patch_size"], channels=channels,
       hidden_size=model["hidden_size"], num_layers=model["num_layers"],
       mlp_dim=model["mlp_dim"], num_classes=num_classes,
       class_token=model["pool"] == "token", representation_size=model["representation_size"])
 
 
+def model_stride(model: Mapping[str, Any]) -> int:
+  """Input pixels per token of a `config.model` section (see `token_stride`)."""
+  return token_stride(model["patch_size"], _layers(model.get("resnet_layers")))
+
+
+def is_vit(params: Mapping[str, Any]) -> bool:
+  """Whether top-level parameter names are a plain ViT's (patch embedding, no ResNet root)."""
+  return "embedding" in params and "Transformer" in params and "conv_root" not in params
+
+
 FAMILY = Family(name="ViT", arch_keys=ARCH_KEYS, presets=PRESETS, defaults=DEFAULTS,
-                build=build, check=check_config, forward_flops=forward_flops)
+                build=build, check=check_config, forward_flops=forward_flops,
+                token_stride=model_stride, recognizes=is_vit, example="ViT-B/16")

@@ -43,8 +43,24 @@ class NonFiniteError(Exception):
 
 
 def _grid(config: Any) -> tuple[int, int]:
-  side = config.image_size // config.model.patch_size
-  return side, side
+  return registry.grid(config.model, config.image_size)
+
+
+def check_source_fits(config: Any, source: Pretrained) -> None:
+  """Raises ValueError when `source` is of another family, or fixes another token count."""
+  name = config.model.name
+  family, found = registry.family_of(name), registry.family_of_params(source.params)
+  if found is not None and found is not family:
+    raise ValueError(f"{source.source} holds a {found.name} model's parameters but model.name "
+                     f"{name} is a {family.name} model; set --config.model.name to a "
+                     f"{found.name} preset such as {found.example} (or its custom name)")
+  new = _grid(config)
+  if not family.resizable and source.grid is not None and source.grid != new:
+    stride = family.token_stride(config.model)
+    raise ValueError(f"{name} cannot change resolution: its token-mixing weights fix "
+                     f"{source.grid[0]}x{source.grid[1]} patches, image_size "
+                     f"{source.grid[0] * stride}, not {config.image_size}; set "
+                     f"--config.image_size={source.grid[0] * stride}")
 
 
 def initial_params(config: Any, source: Pretrained, params: Any) -> Any:
@@ -52,6 +68,7 @@ def initial_params(config: Any, source: Pretrained, params: Any) -> Any:
 
   Raises ValueError naming a parameter that is missing or cannot be made to fit.
   """
+  check_source_fits(config, source)
   new = _grid(config)
   old = source.grid or new
   carried = _source_params(config, source)
@@ -82,6 +99,7 @@ def _source_params(config: Any, source: Pretrained) -> Any:
 
 def check_initial_params(config: Any, source: Pretrained) -> None:
   """Raises ValueError when `source` cannot initialise the model of `config` (nothing is run)."""
+  check_source_fits(config, source)
   abstract = jax.eval_shape(components(config)[3]).params
   if config.model.get("scan_layers", False):
     abstract = jax.eval_shape(layers.to_per_layer, abstract)

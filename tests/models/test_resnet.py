@@ -1,0 +1,129 @@
+"""The hybrid's ResNet stem against NumPy computations written from the definitions."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax.models import registry, resnet
+from vit_jax.models.vit import VisionTransformer
+
+
+def np_standardize(w, eps=1e-5):
+  flat = w.reshape(-1, w.shape[-1]).astype(np.float64)  # (H*W*C_in, C_out)
+  mean = flat.mean(0)
+  std = np.sqrt(((flat - mean) ** 2).mean(0))
+  return ((flat - mean) / (std + eps)).reshape(w.shape)
+
+
+def np_group_norm(x, scale, bias, groups=32, eps=1e-6):
+  n, h, w, c = x.shape
+  g = x.reshape(n, h, w, groups, c // groups).astype(np.float64)
+  mean = g.mean(axis=(1, 2, 4), keepdims=True)
+  var = g.var(axis=(1, 2, 4), keepdims=True)
+  return ((g - mean) / np.sqrt(var + eps)).reshape(x.shape) * scale + bias
+
+
+def np_conv_same(x, w, stride):
+  """A direct SAME convolution: output size ceil(in / stride), padding split low-first."""
+  n, h, wd, _ = x.shape
+  kh, kw, _, cout = w.shape
+  oh, ow = -(-h // stride), -(-wd // stride)
+  pad_h = max((oh - 1) * stride + kh - h, 0)
+  pad_w = max((ow - 1) * stride + kw - wd, 0)
+  xp = np.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2),
+                  (0, 0)))
+  out = np.zeros((n, oh, ow, cout))
+  for i in range(oh):
+    for j in range(ow):
+      patch = xp[:, i * stride:i * stride + kh, j * stride:j * stride + kw]
+      out[:, i, j] = np.einsum("nhwc,hwco->no", patch, w)
+  return out
+
+
+def test_weight_standardisation_is_per_output_channel_with_eps_on_the_deviation():
+  w = np.random.default_rng(0).normal(2.0, 3.0, (3, 3, 4, 5)).astype(np.float32)
+  np.testing.assert_allclose(resnet.standardize(jnp.asarray(w)), np_standardize(w), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_std_conv_standardises_its_stored_kernel_on_every_call():
+  conv = resnet.StdConv(features=8, kernel_size=3, strides=2)
+  x = np.random.default_rng(1).normal(size=(2, 7, 7, 4)).astype(np.float32)
+  params = conv.init(jax.random.key(0), x)["params"]
+  raw = np.asarray(params["kernel"]) * 5.0 + 1.0  # stored raw: any scale and shift
+  got = conv.apply({"params": {"kernel": raw}}, x)
+  np.testing.assert_allclose(got, np_conv_same(x, np_standardize(raw), 2), rtol=1e-4, atol=1e-4)
+  assert got.shape == (2, 4, 4, 8)
+
+
+def test_group_norm_uses_32_groups():
+  x = np.random.default_rng(2).normal(1.0, 2.0, (2, 3, 3, 64)).astype(np.float32)
+  rng = np.random.default_rng(3)
+  scale, bias = rng.normal(size=64), rng.normal(size=64)
+  norm = resnet._norm("gn", {})
+  got = norm.apply({"params": {"scale": scale, "bias": bias}}, x)
+  np.testing.assert_allclose(got, np_group_norm(x, scale, bias), rtol=1e-4, atol=1e-4)
+
+
+def np_bottleneck(p, x, width, stride):
+  def gn(name, y):
+    return np_group_norm(y, p[name]["scale"], p[name]["bias"])
+
+  def conv(name, y, s=1):
+    return np_conv_same(y, np_standardize(np.asarray(p[name]["kernel"])), s)
+
+  relu = lambda y: np.maximum(y, 0)  # noqa: E731
+  shortcut = x
+  if "conv_proj" in p:
+    shortcut = gn("gn_proj", conv("conv_proj", x, stride))
+  y = relu(gn("gn1", conv("conv1", x)))
+  y = relu(gn("gn2", conv("conv2", y, stride)))
+  y = gn("gn3", conv("conv3", y))
+  return relu(shortcut + y)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stride,cin", [(2, 32), (1, 128)])
+def test_bottleneck_unit_matches_the_post_activation_definition(stride, cin):
+  unit = resnet.Bottleneck(width=32, strides=stride)
+  x = np.random.default_rng(4).normal(size=(2, 5, 5, cin)).astype(np.float32)
+  params = unit.init(jax.random.key(0), x)["params"]
+  assert ("conv_proj" in params) == (stride != 1 or cin != 128)  # projection only on a change
+  assert not np.any(np.asarray(params["gn3"]["scale"]))  # the last scale starts at zero
+  # Random GroupNorm parameters, so that every branch contributes.
+  rng = np.random.default_rng(5)
+  params = jax.tree.map(lambda a: rng.normal(size=a.shape).astype(np.float32), params)
+  got = unit.apply({"params": params}, x)
+  np.testing.assert_allclose(got, np_bottleneck(params, x, 32, stride), rtol=2e-3, atol=2e-3)
+
+
+def test_hybrid_parameter_names_are_the_original_formats():
+  model = registry.build(registry.section("ResNet+ViT-custom", patch_size=1, hidden_size=32,
+                                          num_layers=1, num_heads=2, mlp_dim=64,
+                                          resnet_layers=(1, 2), resnet_width=32), 10)
+  params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  assert params["conv_root"]["kernel"].shape == (7, 7, 3, 32)
+  assert set(params["gn_root"]) == {"scale", "bias"}
+  assert set(params["block1"]) == {"unit1"} and set(params["block2"]) == {"unit1", "unit2"}
+  first = params["block2"]["unit1"]
+  assert set(first) == {"conv1", "gn1", "conv2", "gn2", "conv3", "gn3", "conv_proj", "gn_proj"}
+  assert "conv_proj" not in params["block2"]["unit2"]
+  assert first["conv3"]["kernel"].shape == (1, 1, 64, 256)
+  assert params["embedding"]["kernel"].shape == (1, 1, 256, 32)  # a 1x1 conv with bias
+  assert params["embedding"]["bias"].shape == (32,)
+  # 32 px / stride 8 (root 4, second stage 2) = a 4x4 grid plus the class token.
+  assert params["Transformer"]["posembed_input"]["pos_embedding"].shape == (1, 17, 32)
+
+
+def test_an_image_the_hybrid_stride_does_not_divide_is_a_clear_error():
+  model = VisionTransformer(num_classes=10, patch_size=1, hidden_size=32, num_layers=1,
+                            num_heads=2, mlp_dim=64, resnet_layers=(1, 1), resnet_width=32)
+  with pytest.raises(ValueError, match=r"28x28 is not divisible by the hybrid's stride "
+                                       r"\(ResNet stem 8 x patch 1\) = 8"):
+    model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 3)))
+
+
+@pytest.mark.parametrize("layers,expected", [((3, 4, 9), 16), ((2, 2, 2, 2), 32), ((), 4)])
+def test_stem_stride(layers, expected):
+  assert resnet.stride(layers) == expected

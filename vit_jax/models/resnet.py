@@ -1,0 +1,142 @@
+"""The ResNet stem of the hybrid ViT: weight-standardised convolutions, GroupNorm, bottlenecks.
+
+As the original hybrid (BiT-style ResNet, post-activation units): a 7x7/2 root convolution with
+GroupNorm, ReLU and a 3x3/2 max-pool, then stages of bottleneck units. Parameter names are the
+original format's, at the top level of the ViT that calls `stem`: `conv_root`, `gn_root`,
+`block{b}/unit{u}/{conv1,gn1,conv2,gn2,conv3,gn3}` and, on the first unit of a stage,
+`conv_proj`/`gn_proj`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+WS_EPSILON = 1e-5  # added to the kernel's standard deviation
+GN_GROUPS = 32
+
+
+def standardize(kernel: jax.Array, epsilon: float = WS_EPSILON) -> jax.Array:
+  """A conv kernel (H, W, C_in, C_out) with zero mean and unit deviation per output channel."""
+  kernel = kernel - jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
+  return kernel / (jnp.std(kernel, axis=(0, 1, 2), keepdims=True) + epsilon)
+
+
+class StdConv(nn.Module):
+  """A bias-free convolution (SAME padding) whose stored kernel is standardised on every call."""
+
+  features: int
+  kernel_size: int
+  strides: int = 1
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (k, k, x.shape[-1], self.features), self.param_dtype)
+    kernel = standardize(kernel.astype(jnp.float32)).astype(self.dtype)
+    return jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel, (self.strides, self.strides), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _norm(name: str, dt: dict, zero_scale: bool = False) -> nn.GroupNorm:
+  scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
+  return nn.GroupNorm(num_groups=GN_GROUPS, epsilon=1e-6, scale_init=scale_init, name=name, **dt)
+
+
+class Bottleneck(nn.Module):
+  """Post-activation bottleneck: relu(shortcut + GN(1x1(relu(GN(3x3(relu(GN(1x1(x))))))))).
+
+  The 3x3 convolution carries the unit's stride; the shortcut is a projection (1x1 conv with the
+  stride, then GroupNorm) where the shape changes. The last GroupNorm's scale starts at zero, so
+  a fresh unit is the identity on its shortcut.
+  """
+
+  width: int  # of the 1x1 and 3x3 convolutions; the unit outputs 4 * width channels
+  strides: int = 1
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    out = 4 * self.width
+    shortcut = x
+    if x.shape[-1] != out or self.strides != 1:
+      shortcut = StdConv(out, 1, self.strides, name="conv_proj", **dt)(x)
+      shortcut = _norm("gn_proj", dt)(shortcut)
+    y = nn.relu(_norm("gn1", dt)(StdConv(self.width, 1, name="conv1", **dt)(x)))
+    y = nn.relu(_norm("gn2", dt)(StdConv(self.width, 3, self.strides, name="conv2", **dt)(y)))
+    y = _norm("gn3", dt, zero_scale=True)(StdConv(out, 1, name="conv3", **dt)(y))
+    return nn.relu(shortcut + y)
+
+
+class Stage(nn.Module):
+  """`units` bottlenecks named `unit1`...; the first one carries the stage's stride."""
+
+  units: int
+  width: int
+  strides: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for u in range(self.units):
+      x = Bottleneck(self.width, self.strides if u == 0 else 1, name=f"unit{u + 1}",
+                     dtype=self.dtype, param_dtype=self.param_dtype)(x)
+    return x
+
+
+def stem(x: jax.Array, layers: Sequence[int], width: int, dtype: Dtype = jnp.float32,
+         param_dtype: Dtype = jnp.float32) -> jax.Array:
+  """The root and the stages, built inside the calling module's compact method.
+
+  Stage b (1-based) has `layers[b-1]` units of width `width * 2**(b-1)`; every stage after the
+  first halves the resolution.
+  """
+  dt = dict(dtype=dtype, param_dtype=param_dtype)
+  x = StdConv(width, 7, 2, name="conv_root", **dt)(x)
+  x = nn.relu(_norm("gn_root", dt)(x))
+  x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+  for b, units in enumerate(layers):
+    x = Stage(units, width * 2**b, 1 if b == 0 else 2, name=f"block{b + 1}", **dt)(x)
+  return x
+
+
+def stride(layers: Sequence[int]) -> int:
+  """Input pixels per output pixel along each axis: 4 from the root, 2 from every later stage."""
+  return 4 * 2 ** max(len(layers) - 1, 0)
+
+
+def out_channels(layers: Sequence[int], width: int) -> int:
+  """Channels of the stem's output."""
+  return width if not layers else 4 * width * 2 ** (len(layers) - 1)
+
+
+def forward_flops(layers: Sequence[int], width: int, image_size: tuple[int, int],
+                  channels: int) -> int:
+  """Convolution FLOPs (2 per multiply-add) of the stem for one image; sizes must tile."""
+  h, w = image_size[0] // 2, image_size[1] // 2
+  total = 2 * h * w * 7 * 7 * channels * width
+  h, w, c = h // 2, w // 2, width
+  for b, units in enumerate(layers):
+    mid = width * 2**b
+    for u in range(units):
+      s = 2 if b > 0 and u == 0 else 1
+      oh, ow = h // s, w // s
+      total += 2 * h * w * c * mid  # conv1 at the input resolution
+      total += 2 * oh * ow * 9 * mid * mid  # conv2 carries the stride
+      total += 2 * oh * ow * mid * 4 * mid  # conv3
+      if c != 4 * mid or s != 1:
+        total += 2 * oh * ow * c * 4 * mid  # conv_proj
+      h, w, c = oh, ow, 4 * mid
+  return total
