@@ -145,3 +145,10 @@ def test_patch_distances_and_upsampling():
   up = attention_maps.upsample(np.array([[0.0, 1.0], [2.0, 3.0]]), 8, 8)
   assert up.shape == (8, 8) and up[0, 0] == 0.0 and up[-1, -1] == 3.0
   np.testing.assert_allclose(up.mean(), 1.5, atol=1e-6)
+
+
+def test_a_mixer_has_no_attention_to_show_and_a_hybrid_uses_its_token_stride():
+  with pytest.raises(ValueError, match="Mixer-B/16 is a Mixer model: it has no attention to show"):
+    attention_maps.layout(registry.section("Mixer-B/16"), 224, 224)
+  where = attention_maps.layout(registry.section("R50+ViT-B/16"), 224, 224)
+  assert (where.grid, where.num_prefix, where.patch_size) == ((14, 14), 1, 16)

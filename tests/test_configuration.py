@@ -53,7 +53,7 @@ def test_b16_has_the_paper_recipe():
   assert b16.get_config("gap").model.pool == "gap"
 
 
-def test_a_name_of_another_family_switches_any_config_and_keeps_only_its_keys():
+def test_a_name_of_another_family_switches_any_config_and_keeps_only_its_keys(caplog):
   c = b16.get_config()  # a ViT config: posemb, pool, attention ... at their defaults
   c.model.name = "Mixer-B/16"
   r = resolved(c)
@@ -70,10 +70,17 @@ def test_a_name_of_another_family_switches_any_config_and_keeps_only_its_keys():
   with pytest.raises(ConfigError, match=r"model.pool='gap' does not apply to Mixer-B/16 \(a "
                                         r"Mixer model\); .*model.posemb='sincos2d' does not"):
     resolved(c)
+  # Sizes of another family describe another architecture: dropped, and the log says so.
   q = quickstart.get_config()
-  q.model.resnet_layers = (2, 2)  # a hybrid's key on a ViT
-  with pytest.raises(ConfigError, match=r"model.resnet_layers=\(2, 2\) does not apply to ViT"):
-    resolved(q)
+  q.model.resnet_layers = (2, 2)
+  q.model.pool = "token"  # the quickstart's gap pooling would have no meaning for a Mixer
+  q.model.name = "Mixer-S/16"
+  with caplog.at_level("WARNING"):
+    r = resolved(q)
+  assert "resnet_layers" not in r.model and "num_heads" not in r.model
+  assert r.model.hidden_size == 128  # a size both families have: the config's explicit value
+  assert ("Mixer-S/16 does not use model.mlp_dim=256, model.num_heads=4, "
+          "model.resnet_layers=(2, 2) (sizes of another family); dropped") in caplog.text
 
 
 @pytest.mark.parametrize("module,name", [("r50_b16", "R50+ViT-B/16"), ("mixer_b16", "Mixer-B/16")])

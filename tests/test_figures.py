@@ -55,15 +55,22 @@ def test_filter_components_find_the_pattern_the_filters_share():
   assert np.all(np.diff(share) <= 0)
 
 
-def test_the_filters_figure_of_a_run_is_written(tmp_path):
+@pytest.mark.parametrize("first,model", [
+    ("embedding", {"name": "ViT-B/16", "patch_size": 7}),
+    pytest.param("conv_root", {"name": "R50+ViT-B/16", "patch_size": 1}, marks=pytest.mark.slow),
+    pytest.param("stem", {"name": "Mixer-B/16", "patch_size": 7}, marks=pytest.mark.slow),
+])
+def test_the_filters_figure_of_a_run_is_written(tmp_path, first, model):
   from vit_jax.train import checkpoint
 
+  # The convolution that sees the pixels; a hybrid's 1x1 embedding is not an image.
   kernel = np.random.default_rng(1).normal(size=(7, 7, 1, 16)).astype(np.float32)
-  (tmp_path / "config.json").write_text(
-      json.dumps({"image_size": 28, "model": {"name": "ViT-B/16", "patch_size": 7}}))
+  params = {first: {"kernel": kernel}}
+  if first == "conv_root":
+    params["embedding"] = {"kernel": np.ones((1, 1, 1024, 16), np.float32)}
+  (tmp_path / "config.json").write_text(json.dumps({"image_size": 28, "model": model}))
   saver = checkpoint.Checkpointer(str(tmp_path), 1, 1)
-  saver.save(1, {"step": np.int32(1), "params": {"embedding": {"kernel": kernel}},
-                 "opt_state": {}}, force=True)
+  saver.save(1, {"step": np.int32(1), "params": params, "opt_state": {}}, force=True)
   saver.close()
   out = tmp_path / "filters.png"
   assert figures.main(["filters", "--workdir", str(tmp_path), "--out", str(out)]) == 0

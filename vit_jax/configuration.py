@@ -9,6 +9,7 @@ it can see without data at once. `check_workdir` reads the workdir but writes no
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from typing import Any
@@ -43,9 +44,12 @@ def resolve_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     raise ConfigError(f"model.name must be a string, got {config_schema.show(name)}; use a "
                       "preset such as ViT-B/16 (python -m vit_jax.models lists them)")
   try:
-    fitted, problems = registry.fit_to_family(model.to_dict())
+    fitted, problems, dropped = registry.fit_to_family(model.to_dict())
     if problems:
       raise ConfigError("; ".join(problems))
+    if dropped:
+      logging.getLogger(__name__).warning(
+          "%s does not use %s (sizes of another family); dropped", name, ", ".join(dropped))
     fitted.update(registry.arch_values(fitted))
   except registry.ModelNameError as e:
     raise ConfigError(str(e)) from None

@@ -120,11 +120,19 @@ def filter_components(kernel: np.ndarray, count: int = 28) -> tuple[np.ndarray, 
 
 
 def plot_filters(workdir: str, path: str, count: int = 28) -> None:
-  """The top principal components of a run's patch-embedding filters, as a grid of images."""
+  """The top principal components of a run's first filters, as a grid of images.
+
+  The filters of the convolution that sees the pixels: the ViT's patch embedding, a Mixer's
+  stem, a hybrid's 7x7 ResNet root.
+  """
   from vit_jax.io import runs
 
   with runs.Run(workdir) as run:
-    kernel = np.asarray(run.params()["embedding"]["kernel"])
+    params = run.params()
+  # The convolution that sees the pixels: a hybrid's ResNet root, a Mixer's stem, else the ViT's
+  # patch embedding.
+  first = next(name for name in ("conv_root", "stem", "embedding") if name in params)
+  kernel = np.asarray(params[first]["kernel"])
   components, share = filter_components(kernel, count)
   cols = min(7, len(components))
   rows = -(-len(components) // cols)
@@ -137,7 +145,8 @@ def plot_filters(workdir: str, path: str, count: int = 28) -> None:
     ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray",
               interpolation="nearest")
     ax.set_title(f"{i + 1}: {100 * share[i]:.1f}%", fontsize=7)
-  fig.suptitle(f"patch-embedding filters: principal components ({kernel.shape[0]}x"
+  what = {"conv_root": "ResNet root", "stem": "Mixer stem"}.get(first, "patch-embedding")
+  fig.suptitle(f"{what} filters: principal components ({kernel.shape[0]}x"
                f"{kernel.shape[1]}x{kernel.shape[2]}, {kernel.shape[3]} filters)", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=120)

@@ -87,6 +87,7 @@ def attention_figure(args: argparse.Namespace, path: str) -> None:
   from vit_jax import attention_maps, predict
 
   setup, params, names, label = _source(args)
+  attention_maps.layout(setup["model"], setup["image_size"], setup["image_size"])  # has attention?
   images = predict.read_images([args.image], setup)
   probabilities = predict.predict(images, setup, params)  # also: do the parameters fit?
   best = predict.top_k(probabilities, 1, names)[0][0]
@@ -185,6 +186,7 @@ def distance_figure(workdir: str, count: int, path: str, step: int | None = None
   from vit_jax import attention_maps, predict
 
   setup, params, _ = predict.from_run(workdir, step)
+  attention_maps.layout(setup["model"], setup["image_size"], setup["image_size"])  # has attention?
   images, split = evaluation_images(workdir, count)
   where = attention_maps.layout(setup["model"], *images.shape[1:3])
   gh, gw = where.grid

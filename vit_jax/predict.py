@@ -74,6 +74,10 @@ def from_params(path: str, name: str, image_size: int | None) -> tuple[dict[str,
       raise PredictError(f"{path} has no learned position table to read the resolution off; "
                          "give --image_size")
     image_size = source.grid[0] * family.token_stride(model)
+  problem = family.check_source and family.check_source(params, source.grid, model, image_size)
+  if problem:
+    raise PredictError(problem.replace("--config.image_size=", "--image_size ").replace(
+        "--config.model.name", "--model"))
   first = params.get("conv_root") or params.get("embedding") or params["stem"]
   setup = {"model": model, "num_classes": int(params["head"]["bias"].shape[0]),
            "loss": "softmax_xent", "image_size": image_size,

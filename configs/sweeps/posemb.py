@@ -47,7 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.fewshot.shots = (1, 5, 10)
   c.fewshot.draws = 5
   c.fewshot.pool = 2000
-  c.model = model_config("ViT-ablation/4", patch_size=4, hidden_size=64, num_layers=4,
+  c.model = model_config("ViT-custom", patch_size=4, hidden_size=64, num_layers=4,
                          num_heads=4, mlp_dim=128, pool="token")
   return c
 

@@ -108,3 +108,16 @@ def test_presets_and_the_forward_flops_against_xlas_count():
   xla = jax.jit(module.apply).lower(params, images).cost_analysis()["flops"]
   ours = registry.forward_flops(model, 1000, 224)
   assert 0.97 * xla <= ours <= xla  # XLA also counts norms, GELU and additions
+
+
+def test_a_source_of_another_patch_size_or_token_count_is_refused_naming_the_fix():
+  model = registry.section("Mixer-B/16")
+  params = {"stem": {"kernel": np.zeros((16, 16, 3, 768))}}
+  assert mixer.check_source(params, (14, 14), model, 224) is None
+  assert mixer.check_source(params, (14, 14), model, 384) == (
+      "Mixer-B/16 cannot change resolution: its token-mixing weights fix 14x14 patches, "
+      "image_size 224, not 384; set --config.image_size=224")
+  b32 = {"stem": {"kernel": np.zeros((32, 32, 3, 768))}}
+  assert mixer.check_source(b32, (7, 7), model, 224) == (
+      "the source is a Mixer with 32x32 patches but Mixer-B/16 has 16x16; set "
+      "--config.model.name to the source's preset")

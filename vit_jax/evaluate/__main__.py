@@ -57,7 +57,7 @@ def evaluate_run(workdir: str, step: int | None = None,
   try:
     model = registry.build({**config.model.to_dict(), "scan_layers": False}, config.num_classes)
   except registry.ModelNameError as e:  # e.g. a run made before its name was registered
-    raise runs.RunError(f"{workdir}/config.json: {e}; a custom size is named ViT-custom") from None
+    raise runs.RunError(f"{workdir}/config.json: {e}") from None
   # As many devices as divide the evaluation batch (the run may have had other devices).
   devices = jax.devices()[:math.gcd(feed.eval_batch_size, jax.device_count())]
   mesh = sharding.make_mesh(devices=devices)

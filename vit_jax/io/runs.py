@@ -116,6 +116,8 @@ class Run:
     """The patch grid the run trained at, from its config."""
     try:
       return registry.grid(self.config["model"], int(self.config["image_size"]))
+    except registry.ModelNameError as e:
+      raise RunError(f"{self.workdir}/config.json: {e}") from None
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
       raise RunError(f"{self.workdir}/config.json lacks image_size or the model's size fields; "
                      "give a training run's workdir") from None

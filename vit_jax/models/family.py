@@ -42,6 +42,10 @@ class Family:
   recognizes: Callable[[Mapping[str, Any]], bool]
   example: str  # a preset named in messages
   resizable: bool = True  # False: its weights fix the token count (no other resolution)
+  # Why parameters of this family (`params`, at token grid `grid`) cannot start a model of
+  # `model` at `image_size`, beyond their shapes (None when they can); see models/mixer.py.
+  check_source: Callable[[Mapping[str, Any], tuple[int, int] | None, Mapping[str, Any], int],
+                         str | None] | None = None
   image_size: int = 224  # the presets' resolution
 
   @property

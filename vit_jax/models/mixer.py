@@ -173,6 +173,27 @@ def forward_flops(model: Mapping[str, Any], image_size: tuple[int, int], channel
   return stem + model["num_layers"] * (token_mixing + channel_mixing) + head
 
 
+def check_source(params: Mapping[str, Any], grid: tuple[int, int] | None,
+                 model: Mapping[str, Any], image_size: int) -> str | None:
+  """Why a Mixer's parameters cannot run as `model` at `image_size` (None when they can).
+
+  Its patch size must be the model's, and its token-mixing weights fix the number of patches,
+  hence the resolution.
+  """
+  p = model["patch_size"]
+  kernel = params.get("stem", {}).get("kernel")
+  source_patch = None if kernel is None else int(kernel.shape[0])
+  if source_patch is not None and source_patch != p:
+    return (f"the source is a Mixer with {source_patch}x{source_patch} patches but "
+            f"{model['name']} has {p}x{p}; set --config.model.name to the source's preset")
+  side = image_size // p
+  if grid is not None and grid != (side, side):
+    return (f"{model['name']} cannot change resolution: its token-mixing weights fix "
+            f"{grid[0]}x{grid[1]} patches, image_size {grid[0] * p}, not {image_size}; set "
+            f"--config.image_size={grid[0] * p}")
+  return None
+
+
 def is_mixer(params: Mapping[str, Any]) -> bool:
   """Whether top-level parameter names are a Mixer's."""
   return "stem" in params and any(str(k).startswith("MixerBlock") for k in params)
@@ -181,4 +202,4 @@ def is_mixer(params: Mapping[str, Any]) -> bool:
 FAMILY = Family(name="Mixer", arch_keys=ARCH_KEYS, presets=PRESETS, defaults=DEFAULTS,
                 build=build, check=check_config, forward_flops=forward_flops,
                 token_stride=lambda model: model["patch_size"], recognizes=is_mixer,
-                example="Mixer-B/16", resizable=False)
+                example="Mixer-B/16", resizable=False, check_source=check_source)

@@ -65,32 +65,38 @@ def default_of(key: str) -> Any:
   return next((f.defaults[key] for f in FAMILIES if key in f.defaults), None)
 
 
-def fit_to_family(model: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-  """`model` with exactly its family's keys, and the keys that cannot be dropped.
+def fit_to_family(model: Mapping[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+  """`model` with exactly its family's keys; the keys that cannot be dropped; those dropped.
 
   A section made for another family (after `--config.model.name=Mixer-B/16` on a ViT config)
-  keeps the keys both have; the family's own keys it lacks (or holds unset) get their defaults;
-  keys of other families are dropped where unset or at their default, and otherwise named in
-  the returned problems, since their value would be silently ignored.
+  keeps the keys both have; the family's own keys it lacks (or holds unset) get their defaults.
+  Size fields of other families describe the other architecture and are dropped (returned, so
+  that the caller can say so); their other keys are dropped where unset or at their default,
+  and otherwise named in the returned problems, since their value would do nothing.
   """
   family = family_of(model.get("name"))
   own = keys(family)
+  other_sizes = {key for f in FAMILIES for key in f.arch_keys} - set(family.arch_keys)
   fitted: dict[str, Any] = {"name": model["name"]}
-  problems = []
+  problems, dropped = [], []
   for key, value in model.items():
     if key == "name":
       continue
     if key in own or key not in KEY_TYPES:  # unknown keys are left for validation to name
       fitted[key] = value
+    elif key in other_sizes:
+      if value is not None:
+        dropped.append(f"model.{key}={value!r}")
     elif value is not None and value != default_of(key):
       problems.append(f"model.{key}={value!r} does not apply to {model['name']} (a "
-                      f"{family.name} model); remove it, or name a model that has it")
+                      f"{family.name} model); set --config.model.{key}={default_of(key)} "
+                      "(its default) or start from a config of that family")
   for key, value in family.defaults.items():
     if fitted.get(key) is None:
       fitted[key] = value
   for key in family.arch_keys:
     fitted.setdefault(key, None)
-  return fitted, problems
+  return fitted, problems, dropped
 
 
 def arch_values(model: Mapping[str, Any]) -> dict[str, Any]:

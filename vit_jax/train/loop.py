@@ -54,13 +54,10 @@ def check_source_fits(config: Any, source: Pretrained) -> None:
     raise ValueError(f"{source.source} holds a {found.name} model's parameters but model.name "
                      f"{name} is a {family.name} model; set --config.model.name to a "
                      f"{found.name} preset such as {found.example} (or its custom name)")
-  new = _grid(config)
-  if not family.resizable and source.grid is not None and source.grid != new:
-    stride = family.token_stride(config.model)
-    raise ValueError(f"{name} cannot change resolution: its token-mixing weights fix "
-                     f"{source.grid[0]}x{source.grid[1]} patches, image_size "
-                     f"{source.grid[0] * stride}, not {config.image_size}; set "
-                     f"--config.image_size={source.grid[0] * stride}")
+  problem = family.check_source and family.check_source(source.params, source.grid,
+                                                         config.model, config.image_size)
+  if problem:
+    raise ValueError(problem)
 
 
 def initial_params(config: Any, source: Pretrained, params: Any) -> Any:
