@@ -4,9 +4,10 @@ Size fields left unset are filled from the preset named by `model.name` when the
 `--config.model.name=ViT-L/16` switches the whole architecture and an explicit
 `--config.model.num_layers=6` overrides one field of it. The section holds the keys of every
 family: those of the named family with its defaults (`vit_jax.models.<family>.DEFAULTS`), the
-others unset, so `--config.model.name=Mixer-B/16` works on any config (the keys a Mixer has no
-use for are dropped when the run starts; one set to a value of its own is an error). A custom
-model is named `ViT-custom` (`ResNet+ViT-custom`, `Mixer-custom`) and sets every size field.
+others unset, so `--config.model.name=Mixer-B/16` works on any config (when the run starts,
+another family's sizes are dropped with a warning, its other keys are dropped at their
+defaults, and one set to a value of its own is an error). A custom model is named `ViT-custom`
+(`ResNet+ViT-custom`, `Mixer-custom`) and sets every size field.
 `python -m vit_jax.models` lists the presets.
 """
 
