@@ -105,8 +105,8 @@ def test_an_exported_npz_predicts_what_its_run_predicts(tmp_path, capsys):
     ("wrong class count", "3 class names for a model of 10 classes"),
     ("unknown preset", "--model 'ViT-Q/9' is not a registered model"),
     ("another architecture", "the parameters do not fit ViT-S/16"),
-    ("another family", "holds a ViT model but --model Mixer-B/16 is a Mixer model; name a ViT "
-                       "preset such as ViT-B/16"),
+    ("another family", "holds a ViT model's parameters but --model Mixer-B/16 is a Mixer "
+                       "model; name a ViT preset such as ViT-B/16"),
 ])
 def test_bad_input_is_one_error_line_and_status_2(tmp_path, capsys, case, message):
   trained_like_run(tmp_path / "run")

@@ -57,12 +57,9 @@ def from_params(path: str, name: str, image_size: int | None) -> tuple[dict[str,
     model = registry.section(name)
   except registry.ModelNameError as e:
     raise PredictError(str(e).replace("model.name", "--model", 1)) from None
-  family, found = registry.family_of(name), registry.family_of_params(params)
-  if "head" not in params or found is None:
+  family = registry.family_of(name)
+  if "head" not in params or registry.family_of_params(params) is None:
     raise PredictError(f"{path} has no head or is no ViT, hybrid or Mixer classifier")
-  if found is not family:
-    raise PredictError(f"{path} holds a {found.name} model but --model {name} is a "
-                       f"{family.name} model; name a {found.name} preset such as {found.example}")
   if source.gelu is not None:  # a format that fixes it (timm: the exact GELU)
     model["gelu"] = source.gelu
   if "pre_logits" in params:
@@ -74,10 +71,10 @@ def from_params(path: str, name: str, image_size: int | None) -> tuple[dict[str,
       raise PredictError(f"{path} has no learned position table to read the resolution off; "
                          "give --image_size")
     image_size = source.grid[0] * family.token_stride(model)
-  problem = family.check_source and family.check_source(params, source.grid, model, image_size)
-  if problem:
+  problem = registry.source_problem(model, params, source.grid, image_size, path)
+  if problem:  # name this command's flags
     raise PredictError(problem.replace("--config.image_size=", "--image_size ").replace(
-        "--config.model.name", "--model"))
+        "model.name ", "--model ").replace("set --config.--model to", "name"))
   first = params.get("conv_root") or params.get("embedding") or params["stem"]
   setup = {"model": model, "num_classes": int(params["head"]["bias"].shape[0]),
            "loss": "softmax_xent", "image_size": image_size,

@@ -154,6 +154,23 @@ def family_of_params(params: Mapping[str, Any]) -> Family | None:
   return next((f for f in FAMILIES if f.recognizes(params)), None)
 
 
+def source_problem(model: Mapping[str, Any], params: Mapping[str, Any],
+                   grid: tuple[int, int] | None, image_size: int, source: str) -> str | None:
+  """Why `params` (from `source`, at token grid `grid`) cannot start `model` at `image_size`.
+
+  Parameters of another family are named as such; the family's own `check_source` runs on the
+  rest (a Mixer's patch size and token count). None when nothing is wrong beyond the shapes,
+  which resampling and loading check. Messages name `--config.` flags.
+  """
+  name = model["name"]
+  family, found = family_of(name), family_of_params(params)
+  if found is not None and found is not family:
+    return (f"{source} holds a {found.name} model's parameters but model.name {name} is a "
+            f"{family.name} model; set --config.model.name to a {found.name} preset such as "
+            f"{found.example} (or its custom name)")
+  return family.check_source(params, grid, model, image_size) if family.check_source else None
+
+
 def param_count(model: Mapping[str, Any], num_classes: int, image_size: int,
                 channels: int = 3) -> int:
   """Exact number of parameters, from their shapes (nothing is allocated)."""

@@ -48,14 +48,8 @@ def _grid(config: Any) -> tuple[int, int]:
 
 def check_source_fits(config: Any, source: Pretrained) -> None:
   """Raises ValueError when `source` is of another family, or fixes another token count."""
-  name = config.model.name
-  family, found = registry.family_of(name), registry.family_of_params(source.params)
-  if found is not None and found is not family:
-    raise ValueError(f"{source.source} holds a {found.name} model's parameters but model.name "
-                     f"{name} is a {family.name} model; set --config.model.name to a "
-                     f"{found.name} preset such as {found.example} (or its custom name)")
-  problem = family.check_source and family.check_source(source.params, source.grid,
-                                                         config.model, config.image_size)
+  problem = registry.source_problem(config.model, source.params, source.grid, config.image_size,
+                                    source.source)
   if problem:
     raise ValueError(problem)
 
