@@ -49,9 +49,9 @@ FAMILIES = {
 @pytest.mark.parametrize("variant", sorted(FAMILIES))
 def test_the_other_families_resume_bit_identically_after_sigkill(tmp_path, variant):
   experiment = load_experiment()
-  extra = [*SMALL[:6], "--config.total_steps=100", *FAMILIES[variant]]
-  # Two kills: the first lands in the first half of the reference run's training time.
-  report = experiment.run(f"configs/quickstart.py:{variant}", tmp_path, extra, "KILL", kills=2,
-                          seed=0, say=lambda *_: None)
-  assert report["final_step"] == 100 and report["arrays_compared"] > 0
+  extra = [*SMALL[:6], "--config.total_steps=60", *FAMILIES[variant]]
+  # Seed 1 draws the kill at 13% of the reference run's training time: well inside the run.
+  report = experiment.run(f"configs/quickstart.py:{variant}", tmp_path, extra, "KILL", kills=1,
+                          seed=1, say=lambda *_: None)
+  assert report["final_step"] == 60 and report["arrays_compared"] > 0
   assert [e for e in report["events"] if e["signal"] == "KILL"], report["events"]
