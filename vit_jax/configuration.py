@@ -79,7 +79,8 @@ def resolve_data(config: ml_collections.ConfigDict, *, num_train: int, num_class
 
 
 def _init_from_problem(path: str) -> str | None:
-  fix = "give a training run's workdir or a .npz parameter file (or a timm ViT .safetensors file)"
+  fix = ("give a training run's workdir or a .npz parameter file (or a .safetensors file of a "
+         "timm ViT, timm's TNT or the T2T-ViT authors')")
   if not os.path.exists(path):
     return f"init_from {path} does not exist; {fix}"
   if not os.path.isdir(path) and not (os.path.isfile(path)

@@ -173,3 +173,22 @@ def test_a_hybrid_is_resampled_on_its_feature_grid():
     for key in path:
       got, want = got[key], want[key]
     np.testing.assert_array_equal(got, want)  # the stem and the embedding carry over unchanged
+
+
+def test_tables_of_the_pytorch_born_families_at_a_new_grid():
+  """TNT's learned `patch_pos` is resampled like learn1d; T2T-ViT's fixed sinusoid table (a
+  parameter, for bit-exact loading) is the new model's own, and kept at the same grid."""
+  rng = np.random.default_rng(0)
+  source = {"patch_pos": rng.normal(size=(1, 1 + 16, 6)), "pos_embed": rng.normal(size=(1, 17, 6)),
+            "cls_token": rng.normal(size=(1, 1, 6))}
+  target = {"patch_pos": np.zeros((1, 1 + 36, 6)), "pos_embed": np.full((1, 37, 6), 7.0),
+            "cls_token": np.zeros((1, 1, 6))}
+  out, fresh = posemb_resize.adapt_params(source, target, (4, 4), (6, 6))
+  assert fresh == []
+  np.testing.assert_array_equal(out["patch_pos"], posemb_resize.resize_learn1d(
+      source["patch_pos"], (4, 4), (6, 6)))
+  np.testing.assert_array_equal(out["pos_embed"], target["pos_embed"])
+  same, _ = posemb_resize.adapt_params(source, {k: np.zeros_like(v) for k, v in source.items()},
+                                       (4, 4), (4, 4))
+  np.testing.assert_array_equal(same["pos_embed"], source["pos_embed"])
+  assert pretrained.infer_grid("f", source) == (4, 4)  # class-token row after cls_token

@@ -258,10 +258,11 @@ def test_a_file_that_is_not_safetensors_or_not_there_is_refused(tmp_path):
   with open(tmp_path / "params.safetensors", "wb") as f:
     np.savez(f, x=np.zeros(3))  # an .npz under the wrong name
   refused(tmp_path / "params.safetensors", "is not a readable .safetensors file",
-          "give a timm ViT's .safetensors file")
+          "give a .safetensors file of a timm ViT")
   (tmp_path / "empty.safetensors").write_bytes(b"")
   refused(tmp_path / "empty.safetensors", "is not a readable .safetensors file")
-  refused(tmp_path / "nowhere.safetensors", "does not exist; give a timm ViT's .safetensors")
+  refused(tmp_path / "nowhere.safetensors",
+          "does not exist; give a .safetensors file of a timm ViT")
 
 
 def test_heads_that_do_not_divide_the_width_are_refused(tmp_path):

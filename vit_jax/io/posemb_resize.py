@@ -1,9 +1,10 @@
 """Carrying parameters over to a model with another patch grid (e.g. fine-tuning at 384 after 224).
 
-Learned position tables are resampled on their 2-D grid: `learn1d` as a gh x gw image (its
-class-token row untouched), `learn2d` each table along its own axis, `relative` on its
-(2gh-1) x (2gw-1) offset grid (its class-token offsets untouched). Fixed kinds have no parameters;
-the model recomputes them for the new grid.
+Learned position tables are resampled on their 2-D grid: `learn1d` (and TNT's `patch_pos`) as
+a gh x gw image (its class-token row untouched), `learn2d` each table along its own axis,
+`relative` on its (2gh-1) x (2gw-1) offset grid (its class-token offsets untouched). Fixed kinds
+have no parameters; the model recomputes them for the new grid (T2T-ViT's fixed table, stored as
+a parameter, is taken from the new model, see `FIXED`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import numpy as np
 from flax import traverse_util
 
 METHODS = ("bilinear", "bicubic")
+# Fixed tables stored as parameters (T2T-ViT's sinusoids, kept for loading reference files
+# bit-for-bit): at another grid the model's own table is used, not a resampled one.
+FIXED = ("pos_embed",)
 _JAX_METHOD = {"bilinear": "linear", "bicubic": "cubic"}
 Grid = tuple[int, int]
 
@@ -71,7 +75,10 @@ def adapt_params(source: Any, target: Any, old: Grid, new: Grid, method: str = "
       raise ValueError(f"the checkpoint has no parameter {path}; it was trained with another "
                        "architecture or position embedding")
     have = np.asarray(src[path])
-    if name == "pos_embedding":
+    if name in FIXED and old != new:
+      out[path] = want  # the model's own table for its grid
+      continue
+    if name in ("pos_embedding", "patch_pos"):
       have = resize_learn1d(have, old, new, method)
     elif name == "row_embedding":
       have = resize_axis_table(have, new[0], method)

@@ -1,8 +1,9 @@
-"""The parameters a run starts from (`init_from`): a run's workdir, an `.npz` or a timm file.
+"""The parameters a run starts from (`init_from`): a workdir, an `.npz` or a `.safetensors` file.
 
 A workdir gives its newest checkpoint and, from its `config.json`, the patch grid. An `.npz` file
-(the original format, or big_vision's layout, converted by `vit_jax.io.big_vision`) and a timm
-ViT's `.safetensors` file (converted by `vit_jax.io.timm`) have no config, so the grid is read
+(the original format, or big_vision's layout, converted by `vit_jax.io.big_vision`) and a
+`.safetensors` file (a timm ViT's, converted by `vit_jax.io.timm`; timm's TNT or the T2T-ViT
+authors' state dict, converted by `vit_jax.io.torch_state`) have no config, so the grid is read
 off the position tables (see `infer_grid`).
 Every failure is a `PretrainedError` with one line naming the file and what to do.
 """
@@ -20,13 +21,14 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from vit_jax.io import big_vision, npz, runs, timm
+from vit_jax.io import big_vision, npz, runs, timm, torch_state
 from vit_jax.io.runs import error_reason
 
 Grid = tuple[int, int]
 _SOURCES = ("give a training run's workdir, an original-format .npz file or a timm .safetensors "
             "file")
-_TIMM = "give a timm ViT's .safetensors file, a training run's workdir or an .npz file"
+_TIMM = ("give a .safetensors file of a timm ViT, timm's TNT or the T2T-ViT authors' (converted by "
+         "vit_jax.io.convert_torch), a training run's workdir or an .npz file")
 
 
 class PretrainedError(ValueError):
@@ -86,8 +88,8 @@ def infer_grid(path: str, params: Mapping[str, Any]) -> Grid | None:
   layer in `every_layer` mode or for `relative`) must agree.
   """
   flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
-  prefix = int("cls" in params)
-  names = ("pos_embedding", "row_embedding", "rel_embedding")
+  prefix = int("cls" in params or "cls_token" in params)
+  names = ("pos_embedding", "row_embedding", "rel_embedding", "pos_embed", "patch_pos")
   grids = {key: _table_grid(path, key, flat, prefix) for key in flat
            if key.rpartition("/")[2] in names}
   if len(set(grids.values())) > 1:
@@ -139,7 +141,7 @@ def _load_npz(path: str) -> Pretrained:
   return Pretrained(params, infer_grid(path, params), path)
 
 
-def _load_timm(path: str) -> Pretrained:
+def _load_safetensors(path: str) -> Pretrained:
   try:
     state = timm.read(path)
   except (ValueError, OSError) as e:
@@ -147,6 +149,13 @@ def _load_timm(path: str) -> Pretrained:
                           f"{_TIMM}") from None
   if not state:
     raise PretrainedError(f"{path} holds no tensors; {_TIMM}")
+  family = torch_state.family_of_state(state)
+  if family is not None:  # T2T-ViT or TNT: our names mirror the reference's
+    try:
+      params = torch_state.to_flax(torch_state.without_ignored(state, family))
+    except ValueError as e:
+      raise PretrainedError(f"{path}: {e}; {_TIMM}") from None
+    return Pretrained(params, infer_grid(path, params), path, gelu="exact")
   try:
     params = traverse_util.unflatten_dict(timm.to_original(state), sep="/")
   except ValueError as e:
@@ -184,5 +193,5 @@ def load(path: str) -> Pretrained:
     raise PretrainedError(f"init_from {path} does not exist; {_TIMM if is_timm else _SOURCES}")
   if os.path.isdir(path):
     return _load_run(path)
-  return _load_timm(path) if is_timm else _load_npz(path)
+  return _load_safetensors(path) if is_timm else _load_npz(path)
 
