@@ -46,6 +46,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.momentum = 0.9
   c.moment_dtype = "float32"  # float32 | bfloat16: Adam's first moment / SGD's momentum
   c.loss = "softmax_xent"  # softmax_xent | sigmoid_xent
+  # Training targets (evaluation keeps the plain loss), as DeiT trains: label smoothing
+  # (targets one_hot * (1 - ls) + ls / num_classes, for either loss), then mixup / CutMix of the
+  # whole batch on the device (timm's batch mode: one lambda per batch, each image mixed with
+  # the batch reversed; vit_jax/train/mix.py).
+  c.label_smoothing = 0.0  # in [0, 1); DeiT: 0.1
+  c.mixup_alpha = 0.0  # Beta(alpha, alpha) of mixup's lambda; 0: no mixup (DeiT: 0.8)
+  c.cutmix_alpha = 0.0  # Beta(alpha, alpha) of CutMix's lambda; 0: no CutMix (DeiT: 1.0)
+  c.mix_prob = 1.0  # probability that a batch is mixed at all
+  c.mix_switch_prob = 0.5  # probability of CutMix rather than mixup when both alphas are > 0
   # A non-finite loss or gradient norm: "stop" the run (the last checkpoint stays) or "skip"
   # the update and count it.
   c.nonfinite = "stop"

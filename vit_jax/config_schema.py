@@ -26,6 +26,7 @@ from vit_jax.train import optim, step
 INT, FLOAT, STR, BOOL, INTS = "int", "float", "str", "bool", "ints"
 # Rules on a value alone; a tuple of choices is a rule too.
 POSITIVE, AT_LEAST_0, UNIT, NOT_EMPTY = "positive", "at least 0", "in [0, 1)", "not empty"
+PROBABILITY = "in [0, 1]"
 # The size fields of every family (filled from a preset when unset).
 ARCH_KEYS = tuple(dict.fromkeys(key for f in registry.FAMILIES for key in f.arch_keys))
 DTYPES = ("float32", "bfloat16", "float16")
@@ -36,7 +37,8 @@ class Field(NamedTuple):
   """One config key: its type, the values it may take, and whether None is allowed."""
 
   kind: str  # INT (a bool is not one), FLOAT (an int is fine), STR, BOOL, INTS (tuple of ints)
-  rule: str | tuple = ""  # "" (any value of the kind), POSITIVE, AT_LEAST_0, UNIT, NOT_EMPTY
+  # "" (any value of the kind), POSITIVE, AT_LEAST_0, UNIT, PROBABILITY, NOT_EMPTY
+  rule: str | tuple = ""
   optional: bool = False  # a placeholder that is None until the data or the preset fills it
   see: str = ""  # the check of validate that also involves other keys
 
@@ -75,6 +77,12 @@ SCHEMA: dict[str, Field] = {
     "moment_dtype": Field(STR, optim.MOMENT_DTYPES),
     "loss": Field(STR, step.LOSSES),
     "nonfinite": Field(STR, NONFINITE),
+    # Regularisation of the training targets (vit_jax.train.mix).
+    "label_smoothing": Field(FLOAT, UNIT),
+    "mixup_alpha": Field(FLOAT, AT_LEAST_0),
+    "cutmix_alpha": Field(FLOAT, AT_LEAST_0),
+    "mix_prob": Field(FLOAT, PROBABILITY),
+    "mix_switch_prob": Field(FLOAT, PROBABILITY),
     # Few-shot evaluation.
     "fewshot.shots": Field(INTS, POSITIVE),
     "fewshot.draws": Field(INT, POSITIVE),
@@ -102,6 +110,7 @@ SCHEMA: dict[str, Field] = {
     "model.pool": Field(STR, POOLS),
     "model.representation_size": Field(INT, AT_LEAST_0),
     "model.dropout": Field(FLOAT, UNIT),
+    "model.drop_path": Field(FLOAT, UNIT),
     "model.attention_dropout": Field(FLOAT, UNIT, see="attention.check"),
     "model.head_bias_init": Field(FLOAT),
     "model.dtype": Field(STR, DTYPES),
@@ -225,6 +234,8 @@ def check_value(key: str, field: Field, value: Any) -> str | None:
     return f"{key} must be at least 0, got {value}"
   elif rule == UNIT and not 0 <= value < 1:
     return f"{key} must be in [0, 1), got {value}"
+  elif rule == PROBABILITY and not 0 <= value <= 1:
+    return f"{key} must be in [0, 1], got {value}"
   elif rule == NOT_EMPTY and not value:
     return f"{key} must not be empty"
   return None

@@ -173,7 +173,9 @@ RECOVERY_KEYS = ("nonfinite", "bad_images", "data_workers")
 ADDED_KEYS: dict[str, Any] = {"moment_dtype": "float32", "nonfinite": "stop",
                               "eval_resize_small": 0, "bad_images": "skip", "data_workers": 0,
                               "reset_head": False, "model.gelu": "tanh",
-                              "model.layernorm_epsilon": 1e-6}
+                              "model.layernorm_epsilon": 1e-6, "label_smoothing": 0.0,
+                              "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "mix_prob": 1.0,
+                              "mix_switch_prob": 0.5, "model.drop_path": 0.0}
 
 
 def _may_change(key: str) -> bool:

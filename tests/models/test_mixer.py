@@ -81,8 +81,8 @@ def test_whole_model_matches_the_definition():
 def test_scanned_blocks_compute_the_same_as_per_layer_blocks(remat):
   images = jax.random.normal(jax.random.key(4), (2, 16, 16, 3))
   plain = mixer.MlpMixer(**TINY)
-  params = plain.init(jax.random.key(0), images)["params"]
-  params = jax.tree.map(lambda a: a + 0.1, params)  # a non-zero head
+  # Random weights: a constant shift would give every class the same logit whatever the input.
+  params = random_params(plain.init(jax.random.key(0), images)["params"], 7)
   scanned = mixer.MlpMixer(**TINY, scan_layers=True, remat=remat)
   stacked = layers.to_scanned(params)
   assert stacked["MixerBlock"]["token_mixing"]["Dense_0"]["kernel"].shape == (2, 16, 8)
@@ -121,3 +121,50 @@ def test_a_source_of_another_patch_size_or_token_count_is_refused_naming_the_fix
   assert mixer.check_source(b32, (7, 7), model, 224) == (
       "the source is a Mixer with 32x32 patches but Mixer-B/16 has 16x16; set "
       "--config.model.name to the source's preset")
+
+
+def test_zero_drop_path_in_training_is_the_definition():
+  model = mixer.MlpMixer(**TINY)  # drop_path 0: no key needed in training
+  images = np.random.default_rng(5).uniform(-1, 1, (2, 16, 16, 3))
+  params = random_params(model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"], 6)
+  got = model.apply({"params": params}, jnp.asarray(images, jnp.float32), train=True)
+  np.testing.assert_array_equal(got, model.apply({"params": params},
+                                                 jnp.asarray(images, jnp.float32)))
+  x = mixer.MixerBlock(tokens_mlp_dim=8, channels_mlp_dim=32)
+  y = np.random.default_rng(1).normal(size=(2, 16, 16))
+  block = random_params(x.init(jax.random.key(0), jnp.zeros((1, 16, 16)), False)["params"])
+  np.testing.assert_allclose(x.apply({"params": block}, jnp.asarray(y, jnp.float32), True),
+                             np_block(y, block), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_drop_path_acts_in_training_only_and_reproducibly():
+  images = jax.random.normal(jax.random.key(4), (8, 16, 16, 3))
+  plain = mixer.MlpMixer(**TINY)
+  dropping = mixer.MlpMixer(**TINY, drop_path=0.5)
+  params = random_params(plain.init(jax.random.key(0), images)["params"], 8)
+
+  def train(seed):
+    return dropping.apply({"params": params}, images, train=True,
+                          rngs={"dropout": jax.random.key(seed)})
+
+  evaluated = plain.apply({"params": params}, images)
+  np.testing.assert_array_equal(dropping.apply({"params": params}, images), evaluated)
+  np.testing.assert_array_equal(train(1), train(1))
+  assert not np.allclose(train(1), train(2))
+  assert not np.allclose(train(1), evaluated)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scan,remat", [(False, "none"), (True, "none"), (True, "full")])
+def test_scanned_and_unrolled_blocks_drop_the_branches_of_the_right_layers(scan, remat):
+  # As for the ViT: scanned and unrolled layers draw different keys, but with rates 0 and
+  # 0.9999 over 2 layers both compute a 1-layer Mixer of block 0 (block 1 always dropped).
+  images = jax.random.normal(jax.random.key(4), (8, 16, 16, 3))
+  params = random_params(mixer.MlpMixer(**TINY).init(jax.random.key(0), images)["params"], 9)
+  first = {k: v for k, v in params.items() if k != "MixerBlock_1"}
+  truth = mixer.MlpMixer(**dict(TINY, num_layers=1)).apply({"params": first}, images)
+  model = mixer.MlpMixer(**TINY, drop_path=0.9999, scan_layers=scan, remat=remat)
+  got = model.apply({"params": layers.to_scanned(params) if scan else params}, images,
+                    train=True, rngs={"dropout": jax.random.key(5)})
+  np.testing.assert_allclose(got, truth, rtol=1e-5, atol=1e-5)

@@ -3,6 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vit_jax.io import layers
+from vit_jax.models import droppath, registry
 from vit_jax.models.inputs import check_grid
 from vit_jax.models.vit import VisionTransformer
 
@@ -154,8 +156,6 @@ def test_remat_changes_memory_not_gradients(policy):
 
 @pytest.mark.slow
 def test_scanned_layers_give_the_same_outputs_and_gradients():
-  from vit_jax.io import layers
-
   images = jax.random.normal(jax.random.key(1), (2, 16, 24, 3))
   kw = dict(TINY, num_layers=3, posemb="relative")
   plain = VisionTransformer(**kw)
@@ -185,3 +185,50 @@ def test_uint8_pixels_are_mapped_to_minus_one_one_by_the_model():
   scaled = pixels.astype(np.float32) / 127.5 - 1.0  # the independent definition
   np.testing.assert_allclose(model.apply(params, pixels), model.apply(params, scaled),
                              rtol=1e-6, atol=1e-6)
+
+
+def test_drop_path_rates_rise_linearly_from_0_to_the_last_block():
+  np.testing.assert_allclose(droppath.rates(0.1, 5), np.linspace(0, 0.1, 5), atol=1e-12)
+  assert droppath.rates(0.3, 1) == (0.0,)
+  for name in ("ViT-B/16", "R50+ViT-B/16", "Mixer-B/16"):  # the hybrid builds the ViT
+    assert registry.build(registry.section(name, drop_path=0.2), 10).drop_path == 0.2
+    assert registry.build(registry.section(name), 10).drop_path == 0.0
+
+
+@pytest.mark.slow
+def test_drop_path_acts_in_training_only_reproducibly_and_adds_no_parameters():
+  x = jax.random.normal(jax.random.key(4), (8, 16, 16, 3))
+  plain = VisionTransformer(**TINY, pool="gap")
+  dropping = VisionTransformer(**TINY, pool="gap", drop_path=0.5)
+  params = _with_random_head(init(plain, (1, 16, 16, 3)))
+  assert jax.tree.map(np.shape, init(dropping, (1, 16, 16, 3))) == jax.tree.map(np.shape, params)
+
+  def train(model, seed):
+    return model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(seed)})
+
+  evaluated = plain.apply({"params": params}, x)
+  np.testing.assert_array_equal(dropping.apply({"params": params}, x), evaluated)
+  np.testing.assert_array_equal(train(dropping, 5), train(dropping, 5))
+  assert not np.allclose(train(dropping, 5), train(dropping, 6))
+  assert not np.allclose(train(dropping, 5), evaluated)
+  # Rate 0 is the identity and draws nothing: training needs no dropout key.
+  np.testing.assert_array_equal(plain.apply({"params": params}, x, train=True), evaluated)
+
+
+@pytest.mark.slow
+def test_scanned_and_unrolled_layers_drop_the_branches_of_the_right_layers():
+  # A scanned layer draws its key by splitting the scan's, an unrolled one from its own name,
+  # so the two layouts drop different examples for one key. What both must do: with
+  # drop_path ~ 1 over 2 layers (rates 0 and 0.9999), block 0 is always kept and both branches
+  # of block 1 are dropped for every example, so the model computes a 1-layer model of block 0.
+  x = jax.random.normal(jax.random.key(1), (8, 16, 16, 3))
+  params = _with_random_head(init(VisionTransformer(**TINY), (1, 16, 16, 3)))
+  first = dict(params, Transformer={k: v for k, v in params["Transformer"].items()
+                                    if k != "encoderblock_1"})
+  truth = VisionTransformer(**dict(TINY, num_layers=1)).apply({"params": first}, x)
+  key = {"dropout": jax.random.key(5)}
+  for scan, remat in ((False, "none"), (True, "none"), (True, "full")):
+    model = VisionTransformer(**TINY, drop_path=0.9999, scan_layers=scan, remat=remat)
+    p = layers.to_scanned(params) if scan else params
+    np.testing.assert_allclose(model.apply({"params": p}, x, train=True, rngs=key), truth,
+                               rtol=1e-5, atol=1e-5)

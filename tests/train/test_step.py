@@ -6,9 +6,10 @@ import optax
 import pytest
 
 from vit_jax.models.vit import VisionTransformer
-from vit_jax.train import sharding
+from vit_jax.train import mix, sharding
 from vit_jax.train.optim import make_optimizer, make_schedule
-from vit_jax.train.step import init_state, make_train_step
+from vit_jax.train.step import init_state, make_eval_step, make_train_step, soft_targets
+from vit_jax.train.step import per_example_loss as loss_of
 
 TINY = dict(num_classes=10, patch_size=4, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64)
 
@@ -20,7 +21,7 @@ def batch(n=32, seed=0):
           "mask": np.ones(n, np.float32)}
 
 
-def run(accum_steps, steps, devices, lr=1e-3, optimizer="adam"):
+def run(accum_steps, steps, devices, lr=1e-3, optimizer="adam", **targets):
   model = VisionTransformer(**TINY)
   cfg = ml_collections.ConfigDict(dict(optimizer=optimizer, grad_clip_norm=1.0, adam_b1=0.9,
                                        adam_b2=0.999, weight_decay=0.0, momentum=0.9))
@@ -30,7 +31,7 @@ def run(accum_steps, steps, devices, lr=1e-3, optimizer="adam"):
   repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   state = jax.jit(lambda: init_state(model, tx, (8, 8, 1), seed=0), out_shardings=repl)()
   step = jax.jit(make_train_step(model, tx, schedule, loss="softmax_xent",
-                                 accum_steps=accum_steps, seed=0),
+                                 accum_steps=accum_steps, seed=0, **targets),
                  in_shardings=(repl, data), out_shardings=(repl, repl))
   b = sharding.global_batch(batch(), mesh)
   losses, norms = [], []
@@ -52,12 +53,19 @@ def test_loss_falls_on_a_fixed_batch_on_8_devices():
 
 
 @pytest.mark.slow
-def test_accumulated_micro_batches_equal_the_full_batch_on_8_devices():
+@pytest.mark.parametrize("targets", [
+    {},
+    dict(label_smoothing=0.1, mixing=mix.Settings(mixup_alpha=0.8)),
+    dict(mixing=mix.Settings(cutmix_alpha=1.0)),
+], ids=["plain", "smoothing_mixup", "cutmix"])
+def test_accumulated_micro_batches_equal_the_full_batch_on_8_devices(targets):
   # SGD makes the update proportional to the gradient, so any error in how micro-batch
-  # gradients are combined shows in the parameters and in the gradient norm.
-  full, loss_full, norm_full = run(accum_steps=1, steps=2, devices=8, lr=0.5, optimizer="sgd")
+  # gradients are combined shows in the parameters and in the gradient norm. The batch is mixed
+  # as a whole before it is split, so mixing must not change this.
+  full, loss_full, norm_full = run(accum_steps=1, steps=2, devices=8, lr=0.5, optimizer="sgd",
+                                   **targets)
   accum, loss_accum, norm_accum = run(accum_steps=4, steps=2, devices=8, lr=0.5,
-                                      optimizer="sgd")
+                                      optimizer="sgd", **targets)
   np.testing.assert_allclose(loss_full, loss_accum, rtol=1e-5)
   np.testing.assert_allclose(norm_full, norm_accum, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(accum.params), strict=True):
@@ -188,3 +196,102 @@ def test_after_skipped_steps_the_applied_learning_rate_is_the_logged_one():
   applied = -float(delta @ g / (g @ g))
   assert float(metrics["train/lr"]) == pytest.approx(0.6)  # schedule(4): the fifth step
   assert applied == pytest.approx(float(metrics["train/lr"]), rel=1e-4)
+
+
+def test_label_smoothing_targets_and_losses_match_numpy():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(4, 5)).astype(np.float32)
+  labels = np.array([0, 3, 4, 3])
+  targets = np.asarray(soft_targets(jnp.asarray(labels), 5, 0.1))
+  want = np.full((4, 5), 0.1 / 5)
+  want[np.arange(4), labels] += 0.9
+  np.testing.assert_allclose(targets, want, rtol=1e-6)
+  x = logits.astype(np.float64)
+  log_softmax = x - x.max(-1, keepdims=True)
+  log_softmax -= np.log(np.exp(log_softmax).sum(-1, keepdims=True))
+  np.testing.assert_allclose(loss_of(logits, targets, "softmax_xent"),
+                             -(want * log_softmax).sum(-1), rtol=1e-5)
+  log_p, log_not_p = -np.log1p(np.exp(-x)), -np.log1p(np.exp(x))  # log sigmoid(+-x)
+  np.testing.assert_allclose(loss_of(logits, targets, "sigmoid_xent"),
+                             -(want * log_p + (1 - want) * log_not_p).sum(-1), rtol=1e-5)
+  # Integer labels are the one-hot targets without smoothing.
+  for kind in ("softmax_xent", "sigmoid_xent"):
+    np.testing.assert_allclose(loss_of(logits, labels, kind),
+                               loss_of(logits, soft_targets(labels, 5), kind),
+                               rtol=1e-6)
+
+
+def _one_step(b, accum_steps=1, **targets):
+  model = VisionTransformer(**TINY)
+  tx, schedule = optax.sgd(1.0), make_schedule(1.0, 0, 10, "constant")
+  state = init_state(model, tx, (8, 8, 1), seed=0)
+  step = jax.jit(make_train_step(model, tx, schedule, loss="softmax_xent",
+                                 accum_steps=accum_steps, seed=0, **targets))
+  return state, *step(state, b)
+
+
+@pytest.mark.slow
+def test_with_the_new_settings_at_their_defaults_the_step_is_unchanged():
+  b = batch(n=16)
+  _, new, metrics = _one_step(b, accum_steps=2)
+  _, new_d, metrics_d = _one_step(b, accum_steps=2, label_smoothing=0.0, mixing=mix.Settings(
+      mixup_alpha=0.0, cutmix_alpha=0.0, prob=1.0, switch_prob=0.5))
+  for x, y in zip(jax.tree.leaves((new, metrics)), jax.tree.leaves((new_d, metrics_d)),
+                  strict=True):
+    np.testing.assert_array_equal(x, y)
+  _, _, smoothed = _one_step(b, accum_steps=2, label_smoothing=0.1)
+  assert float(smoothed["train/loss"]) != float(metrics["train/loss"])
+
+
+@pytest.mark.slow
+def test_a_mixed_step_is_the_gradient_of_the_mean_loss_on_the_mixed_batch():
+  # Independent truth: the batch mixed by mix.mix_batch with the step's key, then the gradient
+  # of the mean soft-target cross-entropy, computed directly.
+  model = VisionTransformer(**TINY)
+  b = batch(n=16)
+  settings = mix.Settings(mixup_alpha=0.8, cutmix_alpha=1.0)
+  targets = soft_targets(jnp.asarray(b["label"]), 10, 0.1)
+  images, targets = mix.mix_batch(mix.step_key(0, 0), jnp.asarray(b["image"]), targets,
+                                  jnp.asarray(b["mask"]), settings)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+
+  def loss(p):
+    logits = model.apply({"params": p}, images)
+    return optax.softmax_cross_entropy(logits, targets).mean()
+
+  value, direct = jax.value_and_grad(loss)(params)
+  state, new, metrics = _one_step(b, accum_steps=4, label_smoothing=0.1, mixing=settings)
+  np.testing.assert_allclose(metrics["train/loss"], value, rtol=1e-5)
+  for g, p0, p1 in zip(jax.tree.leaves(direct), jax.tree.leaves(state.params),
+                       jax.tree.leaves(new.params), strict=True):
+    np.testing.assert_allclose(p0 - p1, g, rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alphas", [dict(mixup_alpha=0.8), dict(cutmix_alpha=1.0)])
+def test_rows_with_mask_0_count_for_nothing_when_mixing(alphas):
+  # Whatever a row with mask 0 holds, neither its own loss nor its pixels or label reach the
+  # update: the rows it would be mixed into (its partner in the reversed batch) stay unmixed.
+  b = batch(n=16)
+  b["mask"][[2, 5, 11]] = 0.0
+  other = {k: v.copy() for k, v in b.items()}
+  other["image"][[2, 5, 11]] = 50.0
+  other["label"][[2, 5, 11]] = 7
+  settings = mix.Settings(**alphas)
+  _, new_a, metrics_a = _one_step(b, accum_steps=2, label_smoothing=0.1, mixing=settings)
+  _, new_b, metrics_b = _one_step(other, accum_steps=2, label_smoothing=0.1, mixing=settings)
+  np.testing.assert_array_equal(metrics_a["train/loss"], metrics_b["train/loss"])
+  for x, y in zip(jax.tree.leaves(new_a.params), jax.tree.leaves(new_b.params), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.slow
+def test_evaluation_keeps_the_plain_loss():
+  model = VisionTransformer(**TINY)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+  params["head"]["bias"] = jnp.arange(10.0) / 10
+  b = batch(n=4)
+  got = make_eval_step(model, loss="softmax_xent")(params, b)
+  logits = np.arange(10.0) / 10  # the zero-initialised head outputs its bias
+  log_p = logits - np.log(np.exp(logits).sum())
+  np.testing.assert_allclose(got["loss"], -log_p[b["label"]].sum(), rtol=1e-5)

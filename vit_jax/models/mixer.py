@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models import inputs, vit
+from vit_jax.models import droppath, inputs, stack
 from vit_jax.models.family import FEATURES, Family
 from vit_jax.models.mlp import MlpBlock
 
@@ -26,7 +26,9 @@ Dtype = Any
 class MixerBlock(nn.Module):
   """x + token-mixing MLP across patches of LN(x), then x + channel-mixing MLP of LN(x).
 
-  With `scanned` it returns (x, None), the carry and output `nn.scan` expects.
+  Each branch is dropped per example at rate `drop_path` in training (stochastic depth), or at
+  `rate` when given (a scanned layer's). With `scanned` it returns (x, None), the carry and
+  output `nn.scan` expects.
   """
 
   tokens_mlp_dim: int
@@ -34,21 +36,24 @@ class MixerBlock(nn.Module):
   dropout: float = 0.0
   gelu: str = "tanh"
   layernorm_epsilon: float = 1e-6
+  drop_path: float = 0.0
   scanned: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> Any:
+  def __call__(self, x: jax.Array, train: bool, rate: jax.Array | None = None) -> Any:
+    rate = self.drop_path if rate is None else rate
     dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     mlp = dict(dropout=self.dropout, gelu=self.gelu, kernel_init=nn.initializers.lecun_normal(),
                bias_init=nn.initializers.zeros, **dt)
     y = nn.LayerNorm(epsilon=self.layernorm_epsilon, name="LayerNorm_0", **dt)(x)
     y = MlpBlock(self.tokens_mlp_dim, name="token_mixing", **mlp)(
         jnp.swapaxes(y, 1, 2), train=train)  # (B, C, T): mixes along the patches
-    x = x + jnp.swapaxes(y, 1, 2)
+    x = x + droppath.DropPath(rate)(jnp.swapaxes(y, 1, 2), train)
     y = nn.LayerNorm(epsilon=self.layernorm_epsilon, name="LayerNorm_1", **dt)(x)
-    x = x + MlpBlock(self.channels_mlp_dim, name="channel_mixing", **mlp)(y, train=train)
+    y = MlpBlock(self.channels_mlp_dim, name="channel_mixing", **mlp)(y, train=train)
+    x = x + droppath.DropPath(rate)(y, train)
     return (x, None) if self.scanned else x
 
 
@@ -67,6 +72,7 @@ class MlpMixer(nn.Module):
   channels_mlp_dim: int
   representation_size: int = 0
   dropout: float = 0.0
+  drop_path: float = 0.0  # stochastic depth of the last block (linear from 0 at the first)
   head_bias_init: float = 0.0
   gelu: str = "tanh"
   layernorm_epsilon: float = 1e-6
@@ -77,8 +83,8 @@ class MlpMixer(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
-    if self.remat not in vit.REMAT_POLICIES:
-      raise ValueError(f"remat '{self.remat}' is not one of {', '.join(vit.REMAT_POLICIES)}")
+    if self.remat not in stack.REMAT_POLICIES:
+      raise ValueError(f"remat '{self.remat}' is not one of {', '.join(stack.REMAT_POLICIES)}")
     batch, height, width, _ = images.shape
     inputs.check_grid(height, width, self.patch_size)
     dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -86,18 +92,16 @@ class MlpMixer(nn.Module):
     x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding="VALID", name="stem", **dt)(
         inputs.to_unit_range(images).astype(self.dtype))
     x = x.reshape(batch, -1, self.hidden_size)
-    block = MixerBlock
-    if self.remat != "none":  # argument 2 (counting self) is `train`, a Python bool
-      block = nn.remat(block, policy=vit.REMAT_POLICIES[self.remat], static_argnums=(2,))
+    block = stack.rematted(MixerBlock, self.remat)
     settings = dict(tokens_mlp_dim=self.tokens_mlp_dim, channels_mlp_dim=self.channels_mlp_dim,
                     dropout=self.dropout, gelu=self.gelu,
                     layernorm_epsilon=self.layernorm_epsilon, **dt)
     if self.scan_layers:
-      stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True,
-                      "dropout": True}, in_axes=nn.broadcast, length=self.num_layers)
-      x, _ = stack(scanned=True, name="MixerBlock", **settings)(x, train)
+      x = stack.scan(block, x, train, num_layers=self.num_layers, drop_path=self.drop_path,
+                     name="MixerBlock", **settings)
+    rates = droppath.rates(self.drop_path, self.num_layers)
     for i in range(0 if self.scan_layers else self.num_layers):
-      x = block(name=f"MixerBlock_{i}", **settings)(x, train)
+      x = block(name=f"MixerBlock_{i}", drop_path=rates[i], **settings)(x, train)
     x = nn.LayerNorm(epsilon=self.layernorm_epsilon, name="pre_head_layer_norm", **dt)(x)
     x = jnp.mean(x, axis=1)
     if self.representation_size:
@@ -125,6 +129,7 @@ PRESETS: dict[str, dict[str, int]] = {
 DEFAULTS: dict[str, Any] = {
     "representation_size": 0,  # 0: no tanh pre-logits layer (the original Mixer has none)
     "dropout": 0.0,  # after the GELU and the output of every mixing MLP
+    "drop_path": 0.0,  # stochastic depth of the last block (linear from 0 at the first)
     "head_bias_init": 0.0,
     "dtype": "float32",
     "gelu": "tanh",
@@ -141,6 +146,7 @@ def build(model: Mapping[str, Any], num_classes: int) -> MlpMixer:
       num_layers=model["num_layers"], tokens_mlp_dim=model["tokens_mlp_dim"],
       channels_mlp_dim=model["channels_mlp_dim"],
       representation_size=model["representation_size"], dropout=model["dropout"],
+      drop_path=model.get("drop_path", 0.0),  # runs written before it had none
       head_bias_init=model["head_bias_init"], gelu=model["gelu"],
       layernorm_epsilon=model["layernorm_epsilon"], remat=model["remat"],
       scan_layers=model["scan_layers"], dtype=jnp.dtype(model["dtype"]))
@@ -155,8 +161,8 @@ def check_config(values: Mapping[str, Any], backend: str) -> list[str]:
     problems.append(f"image_size {size} is not divisible by model.patch_size {p}; use a "
                     f"multiple of {p} such as {max(1, round(size / p)) * p}")
   remat = values.get("model.remat")
-  if remat is not None and remat not in vit.REMAT_POLICIES:
-    problems.append(f"model.remat '{remat}' is not one of {', '.join(vit.REMAT_POLICIES)}")
+  if remat is not None and remat not in stack.REMAT_POLICIES:
+    problems.append(f"model.remat '{remat}' is not one of {', '.join(stack.REMAT_POLICIES)}")
   return problems
 
 

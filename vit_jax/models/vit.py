@@ -14,27 +14,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models import attention, flops, inputs, posemb, resnet
+from vit_jax.models import attention, droppath, flops, inputs, posemb, resnet
 from vit_jax.models.family import FEATURES, Family
 from vit_jax.models.heads import MAPHead
 from vit_jax.models.mlp import MlpBlock
+from vit_jax.models.stack import REMAT_POLICIES, rematted, scan
 
 POOLS = ("token", "gap", "map")
 Dtype = Any
-# Which activations of an encoder block are kept for the backward pass; the rest are recomputed.
-# `none` keeps all (no rematerialisation), `full` keeps only the block's input.
-REMAT_POLICIES: dict[str, Any] = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_saveable,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 
 
 class EncoderBlock(nn.Module):
   """Pre-LayerNorm block: x + MHSA(LN(x)), then x + MLP(LN(x)).
 
-  With `scanned` it returns (x, None), the carry and output `nn.scan` expects.
+  Each branch is dropped per example at rate `drop_path` in training (stochastic depth), or at
+  `rate` when given (a scanned layer's). With `scanned` it returns (x, None), the carry and
+  output `nn.scan` expects.
   """
 
   num_heads: int
@@ -46,13 +41,15 @@ class EncoderBlock(nn.Module):
   num_prefix: int = 0  # class tokens before the patches
   gelu: str = "tanh"  # see vit_jax.models.mlp.GELUS
   layernorm_epsilon: float = 1e-6
+  drop_path: float = 0.0
   scanned: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> Any:
+  def __call__(self, x: jax.Array, train: bool, rate: jax.Array | None = None) -> Any:
     dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    rate = self.drop_path if rate is None else rate
     bias = None
     if self.relative_grid is not None:
       table = posemb.RelativeEmbedding(self.relative_grid, x.shape[-1] // self.num_heads,
@@ -69,11 +66,11 @@ class EncoderBlock(nn.Module):
         name="MultiHeadDotProductAttention_1",
         **dt,
     )(y, y)
-    x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
+    y = nn.Dropout(self.dropout, deterministic=not train)(y)
+    x = x + droppath.DropPath(rate)(y, train)
     y = nn.LayerNorm(epsilon=self.layernorm_epsilon, name="LayerNorm_2", **dt)(x)
     mlp = MlpBlock(self.mlp_dim, self.dropout, gelu=self.gelu, name="MlpBlock_3", **dt)
-    y = mlp(y, train=train)
-    x = x + y
+    x = x + droppath.DropPath(rate)(mlp(y, train=train), train)
     return (x, None) if self.scanned else x
 
 
@@ -94,6 +91,7 @@ class Encoder(nn.Module):
   `every_layer_shared` mode) and, in `every_layer` mode, `posembed_layer_{i}` before block i > 0.
   Blocks are `encoderblock_{i}`; with `scan_layers` they are one `nn.scan` named `encoderblock`
   whose parameters have a leading layer axis (vit_jax.io.layers converts between the two).
+  Block i drops its branches at rate `droppath.rates(drop_path, num_layers)[i]`.
   """
 
   num_layers: int
@@ -106,6 +104,7 @@ class Encoder(nn.Module):
   attention: str = "plain"
   gelu: str = "tanh"
   layernorm_epsilon: float = 1e-6
+  drop_path: float = 0.0
   remat: str = "none"
   scan_layers: bool = False
   dtype: Dtype = jnp.float32
@@ -131,9 +130,7 @@ class Encoder(nn.Module):
     if first is not None:
       x = first(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    block = EncoderBlock
-    if self.remat != "none":  # argument 2 (counting self) is `train`, a Python bool
-      block = nn.remat(block, policy=REMAT_POLICIES[self.remat], static_argnums=(2,))
+    block = rematted(EncoderBlock, self.remat)
     settings = dict(
         num_heads=self.num_heads,
         mlp_dim=self.mlp_dim,
@@ -148,14 +145,14 @@ class Encoder(nn.Module):
         param_dtype=self.param_dtype,
     )
     if self.scan_layers:
-      stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True,
-                      "dropout": True}, in_axes=nn.broadcast, length=self.num_layers)
-      x, _ = stack(scanned=True, name="encoderblock", **settings)(x, train)
+      x = scan(block, x, train, num_layers=self.num_layers, drop_path=self.drop_path,
+               name="encoderblock", **settings)
+    rates = droppath.rates(self.drop_path, self.num_layers)
     for i in range(0 if self.scan_layers else self.num_layers):
       if first is not None and i > 0 and self.posemb_mode != "stem":
         shared = self.posemb_mode == "every_layer_shared"
         x = (first if shared else embedding(f"posembed_layer_{i}"))(x)
-      x = block(name=f"encoderblock_{i}", **settings)(x, train)
+      x = block(name=f"encoderblock_{i}", drop_path=rates[i], **settings)(x, train)
     return nn.LayerNorm(epsilon=self.layernorm_epsilon, name="encoder_norm", dtype=self.dtype,
                         param_dtype=self.param_dtype)(x)
 
@@ -187,6 +184,7 @@ class VisionTransformer(nn.Module):
   representation_size: int = 0
   dropout: float = 0.0
   attention_dropout: float = 0.0
+  drop_path: float = 0.0  # stochastic depth of the last block (linear from 0 at the first)
   head_bias_init: float = 0.0
   attention: str = "plain"
   gelu: str = "tanh"  # see vit_jax.models.mlp.GELUS
@@ -230,6 +228,7 @@ class VisionTransformer(nn.Module):
         attention=self.attention,
         gelu=self.gelu,
         layernorm_epsilon=self.layernorm_epsilon,
+        drop_path=self.drop_path,
         remat=self.remat,
         scan_layers=self.scan_layers,
         name="Transformer",
@@ -280,6 +279,7 @@ DEFAULTS: dict[str, Any] = {
     "representation_size": 0,  # 0: no tanh pre-logits layer
     "dropout": 0.0,
     "attention_dropout": 0.0,
+    "drop_path": 0.0,  # stochastic depth of the last block (linear from 0 at the first)
     "head_bias_init": 0.0,
     "dtype": "float32",  # compute dtype; parameters are always float32
     "attention": "auto",  # auto | plain | xla | cudnn (vit_jax.models.attention)
@@ -307,12 +307,13 @@ def build(model: Mapping[str, Any], num_classes: int) -> VisionTransformer:
       attention_dropout=model["attention_dropout"],
       head_bias_init=model["head_bias_init"],
       # Runs written before these options existed used Flax's attention, no remat or scan, the
-      # tanh GELU and LayerNorm epsilon 1e-6.
+      # tanh GELU, LayerNorm epsilon 1e-6 and no stochastic depth.
       attention=model.get("attention", "plain"),
       gelu=model.get("gelu", "tanh"),
       layernorm_epsilon=model.get("layernorm_epsilon", 1e-6),
       remat=model.get("remat", "none"),
       scan_layers=model.get("scan_layers", False),
+      drop_path=model.get("drop_path", 0.0),
       resnet_layers=_layers(model.get("resnet_layers")),
       resnet_width=model.get("resnet_width") or 64,
       dtype=jnp.dtype(model["dtype"]),

@@ -23,7 +23,7 @@ from vit_jax.evaluate.classification import evaluate
 from vit_jax.io import layers, posemb_resize
 from vit_jax.io.pretrained import Pretrained
 from vit_jax.models import registry
-from vit_jax.train import multihost, optim, sharding
+from vit_jax.train import mix, multihost, optim, sharding
 from vit_jax.train import step as step_lib
 from vit_jax.train.checkpoint import Checkpointer
 from vit_jax.train.metrics import LOGGER, MetricWriter
@@ -232,6 +232,11 @@ def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = N
   train_step = jax.jit(
       step_lib.make_train_step(model, tx, schedule, loss=config.loss,
                                accum_steps=config.accum_steps, seed=config.seed,
+                               label_smoothing=config.get("label_smoothing", 0.0),
+                               mixing=mix.Settings(config.get("mixup_alpha", 0.0),
+                                                   config.get("cutmix_alpha", 0.0),
+                                                   config.get("mix_prob", 1.0),
+                                                   config.get("mix_switch_prob", 0.5)),
                                grad_shardings=param_sh, skip_nonfinite=nonfinite == "skip"),
       in_shardings=(state_sh, where.batch), out_shardings=(state_sh, repl), donate_argnums=0)
   eval_step = multihost.one_at_a_time(jax.jit(

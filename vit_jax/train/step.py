@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from vit_jax.io import layers
+from vit_jax.train import mix
 
 LOSSES = ("softmax_xent", "sigmoid_xent")
 
@@ -25,12 +26,27 @@ class TrainState:
   opt_state: Any
 
 
+def soft_targets(labels: jax.Array, num_classes: int, label_smoothing: float = 0.0) -> jax.Array:
+  """One-hot targets (B, K) of integer labels, smoothed: one_hot * (1 - ls) + ls / K."""
+  one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  if label_smoothing == 0:
+    return one_hot
+  return one_hot * (1.0 - label_smoothing) + label_smoothing / num_classes
+
+
 def per_example_loss(logits: jax.Array, labels: jax.Array, kind: str) -> jax.Array:
-  """Loss of each example, (B,), for integer labels."""
+  """Loss of each example, (B,), for integer labels (B,) or soft targets (B, K).
+
+  Soft targets are class probabilities for softmax_xent and per-class targets of the K binary
+  problems for sigmoid_xent.
+  """
+  soft = labels.ndim == logits.ndim
   if kind == "softmax_xent":
+    if soft:
+      return optax.softmax_cross_entropy(logits, labels)
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   if kind == "sigmoid_xent":
-    targets = jax.nn.one_hot(labels, logits.shape[-1])
+    targets = labels if soft else jax.nn.one_hot(labels, logits.shape[-1])
     return optax.sigmoid_binary_cross_entropy(logits, targets).sum(-1)
   raise ValueError(f"unknown loss '{kind}'; choose one of: {', '.join(LOSSES)}")
 
@@ -63,13 +79,17 @@ def _split_micro(x: jax.Array, accum_steps: int) -> jax.Array:
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    *, loss: str, accum_steps: int, seed: int,
-                    grad_shardings: Any = None, skip_nonfinite: bool = False) -> Callable:
+                    *, loss: str, accum_steps: int, seed: int, label_smoothing: float = 0.0,
+                    mixing: mix.Settings = mix.OFF, grad_shardings: Any = None,
+                    skip_nonfinite: bool = False) -> Callable:
   """Returns step(state, batch) -> (state, metrics); accumulation happens inside the step.
 
   The batch is split into `accum_steps` micro-batches whose gradients are summed by a
   `lax.scan`, so memory holds one micro-batch's activations however many there are. The
   summed gradients are kept in `grad_shardings` (the parameters' placement) when given.
+  With `label_smoothing` or `mixing`, the labels become soft targets (`soft_targets`), and the
+  whole batch is mixed (`mix.mix_batch`, from `mix.step_key(seed, step)`) before it is split, so
+  the micro-batches sum to the full batch's gradient; the logged loss is that of these targets.
   With `skip_nonfinite`, a step whose loss or gradient norm is not finite leaves the parameters
   and the optimizer's moments as they were, while the step counter and Optax's step counts
   advance: the learning rate applied after a skip is `schedule(step)`, the one logged.
@@ -80,9 +100,22 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     return jnp.sum(per_example_loss(logits, labels, loss) * mask) / count
 
   grad_fn = jax.value_and_grad(loss_fn)
+  soft = label_smoothing > 0 or mixing.enabled
+
+  def prepare(batch: dict[str, jax.Array], step: jax.Array) -> dict[str, jax.Array]:
+    """The batch with soft (smoothed, mixed) targets as its labels, where those are on."""
+    if not soft:
+      return batch
+    labels = soft_targets(batch["label"], model.num_classes, label_smoothing)
+    images = batch["image"]
+    if mixing.enabled:
+      images, labels = mix.mix_batch(mix.step_key(seed, step), images, labels, batch["mask"],
+                                     mixing)
+    return {"image": images, "label": labels, "mask": batch["mask"]}
 
   def step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
+    batch = prepare(batch, state.step)
     # The mean over the examples of the whole batch that were read (mask 1): rows of images the
     # input pipeline could not read carry mask 0 and count for nothing.
     count = jnp.maximum(jnp.sum(batch["mask"]), 1.0)
