@@ -20,6 +20,7 @@ from vit_jax.data import types as data_types
 from vit_jax.io import posemb_resize
 from vit_jax.models import registry
 from vit_jax.models.mlp import GELUS
+from vit_jax.models.t2t import T2T_LAYERS
 from vit_jax.models.vit import POOLS
 from vit_jax.train import optim, step
 
@@ -105,6 +106,10 @@ SCHEMA: dict[str, Field] = {
     "model.name": Field(STR, see="a registered preset, or a custom name with every size set"),
     **{f"model.{key}": Field(INT, POSITIVE, optional=True) for key in ARCH_KEYS},
     "model.resnet_layers": Field(INTS, POSITIVE, optional=True),
+    "model.t2t_layer": Field(STR, T2T_LAYERS, optional=True),
+    "model.t2t_kernels": Field(INTS, POSITIVE, see="t2t.check_config"),
+    "model.t2t_strides": Field(INTS, POSITIVE, see="t2t.check_config"),
+    "model.inner_stride": Field(INT, POSITIVE, see="tnt.check_config"),
     "model.posemb": Field(STR, see="posemb.check"),
     "model.posemb_mode": Field(STR, see="posemb.check"),
     "model.pool": Field(STR, POOLS),

@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models import hybrid, mixer, vit
+from vit_jax.models import hybrid, mixer, t2t, tnt, vit
 from vit_jax.models.family import Family
 
-FAMILIES: tuple[Family, ...] = (vit.FAMILY, hybrid.FAMILY, mixer.FAMILY)
+FAMILIES: tuple[Family, ...] = (vit.FAMILY, hybrid.FAMILY, mixer.FAMILY, t2t.FAMILY, tnt.FAMILY)
 PRESETS: dict[str, Family] = {name: f for f in FAMILIES for name in f.presets}
 CUSTOM: dict[str, Family] = {f.custom: f for f in FAMILIES}
 

@@ -1,0 +1,226 @@
+"""T2T-ViT's tokens-to-token module: soft splits (PyTorch's nn.Unfold) and the T2T layers.
+
+A T2T layer is a Performer (`TokenPerformer`, the authors' `Token_performer`) or a one-head
+Transformer (`TokenTransformer`, their `Token_transformer`); `T2TModule` chains soft split, T2T
+layer, soft split, T2T layer, soft split and the Linear `project` (see models/t2t.py). Also the
+PyTorch-born building blocks the backbone shares: `dense`, `norm`, `Mlp`, `sinusoid_table`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+T2T_LAYERS = ("performer", "transformer")
+PERFORMER_DROPOUT = 0.1  # the reference Token_performer's fixed dp1 and dp2
+KERNEL_RATIO = 0.5  # random features per token_dim of the performer
+PERFORMER_EPSILON = 1e-8  # added to the performer's normaliser
+# timm's trunc_normal_(std=.02) cuts at +-2 absolute, i.e. 100 standard deviations.
+TRUNC = nn.initializers.truncated_normal(0.02, lower=-100.0, upper=100.0)
+
+
+def padding(kernel: int, stride: int) -> int:
+  """A soft split's zero padding: (k - s + 1) // 2 (2, 1, 1 for the authors' splits)."""
+  return (kernel - stride + 1) // 2
+
+
+def split_fits(kernel: int, stride: int) -> bool:
+  """Whether a kernel x kernel split of `stride` turns every side s*n into exactly n tokens."""
+  pad = padding(kernel, stride)
+  return kernel >= 1 and stride >= 1 and pad >= 0 and -stride <= 2 * pad - kernel < 0
+
+
+def soft_split(x: jax.Array, kernel: int, stride: int) -> jax.Array:
+  """PyTorch's nn.Unfold in channels-last form: (B, H, W, C) -> (B, H', W', C*k*k).
+
+  Feature c*k*k + i*k + j of an output position holds channel c at kernel row i, column j, the
+  order of nn.Unfold; taps in the padding read zeros.
+  """
+  pad = padding(kernel, stride)
+  batch, height, width, channels = x.shape
+  out_h = (height + 2 * pad - kernel) // stride + 1
+  out_w = (width + 2 * pad - kernel) // stride + 1
+  x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  # Rows, then columns: 2k strided slices (k^2 slices compile several times slower).
+  rows = jnp.stack([jax.lax.slice_in_dim(x, i, i + stride * (out_h - 1) + 1, stride, axis=1)
+                    for i in range(kernel)], axis=-1)  # (B, H', W + 2p, C, k)
+  taps = jnp.stack([jax.lax.slice_in_dim(rows, j, j + stride * (out_w - 1) + 1, stride, axis=2)
+                    for j in range(kernel)], axis=-1)  # (B, H', W', C, k, k)
+  return taps.reshape(batch, out_h, out_w, channels * kernel * kernel)
+
+
+def sinusoid_table(positions: int, width: int) -> np.ndarray:
+  """The authors' get_sinusoid_encoding: (1, positions, width), float64.
+
+  Entry (p, i) is sin (even i) or cos (odd i) of p / 10000^(2 * (i // 2) / width).
+  """
+  exponent = 2 * (np.arange(width) // 2) / width
+  angles = np.arange(positions)[:, None] / np.power(10000, exponent)[None, :]
+  angles[:, 0::2] = np.sin(angles[:, 0::2])
+  angles[:, 1::2] = np.cos(angles[:, 1::2])
+  return angles[None]
+
+
+def sinusoid_init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> Any:
+  del key
+  return jnp.asarray(sinusoid_table(shape[1], shape[2]).astype(np.float32), dtype)
+
+
+def random_features_init(key: jax.Array, shape: tuple[int, ...],
+                          dtype: Dtype = jnp.float32) -> jax.Array:
+  """Orthonormal rows times sqrt(m), as the reference's orthogonal_(randn(m, d)) * sqrt(m)."""
+  return nn.initializers.orthogonal(scale=math.sqrt(shape[0]))(key, shape, dtype)
+
+
+def norm(module: nn.Module, name: str) -> nn.LayerNorm:
+  """A LayerNorm with `module`'s epsilon and dtypes."""
+  return nn.LayerNorm(epsilon=module.layernorm_epsilon, dtype=module.dtype,
+                      param_dtype=module.param_dtype, name=name)
+
+
+def dense(features: int, name: str, dtype: Dtype, param_dtype: Dtype,
+           use_bias: bool = True) -> nn.Dense:
+  """A PyTorch-born Linear: trunc_normal(.02) kernel, zero bias."""
+  return nn.Dense(features, use_bias=use_bias, kernel_init=TRUNC, dtype=dtype,
+                  param_dtype=param_dtype, name=name)
+
+
+class Mlp(nn.Module):
+  """fc1 -> GELU -> dropout -> fc2 -> dropout (the reference's Mlp)."""
+
+  mlp_dim: int
+  dropout: float = 0.0
+  gelu: str = "exact"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    dt = (self.dtype, self.param_dtype)
+    width = x.shape[-1]
+    x = nn.gelu(dense(self.mlp_dim, "fc1", *dt)(x), approximate=self.gelu == "tanh")
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = dense(width, "fc2", *dt)(x)
+    return nn.Dropout(self.dropout, deterministic=not train)(x)
+
+
+class TokenPerformer(nn.Module):
+  """The reference Token_performer: (B, T, d_in) -> (B, T, width).
+
+  With x = norm1(x) and k, q, v = kqv(x) (in that order), phi(z) = exp(z w^T - |z|^2 / 2) / sqrt(m):
+  y = phi(q) (v^T phi(k))^T / (phi(q) . sum_t phi(k) + 1e-8); x = v + dropout(proj(y));
+  then x + mlp(norm2(x)) with mlp = mlp_0 -> GELU -> mlp_2 -> dropout. The feature map and the
+  linear attention run in float32, as the reference's `.float()` calls.
+  """
+
+  width: int
+  dropout: float = PERFORMER_DROPOUT
+  gelu: str = "exact"
+  layernorm_epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def features(self, z: jax.Array, w: jax.Array) -> jax.Array:
+    """The positive random features phi(z), (B, T, m) in float32."""
+    z = z.astype(jnp.float32)
+    half_norm = jnp.sum(z * z, axis=-1, keepdims=True) / 2
+    return jnp.exp(jnp.einsum("btd,md->btm", z, w) - half_norm) / math.sqrt(w.shape[0])
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    dt = (self.dtype, self.param_dtype)
+    e = self.width
+    m = int(e * KERNEL_RATIO)
+    w = jax.lax.stop_gradient(
+        self.param("w", random_features_init, (m, e), self.param_dtype).astype(jnp.float32))
+    x = norm(self, "norm1")(x)
+    kqv = dense(3 * e, "kqv", *dt)(x)
+    k, q, v = kqv[..., :e], kqv[..., e:2 * e], kqv[..., 2 * e:]
+    kp, qp = self.features(k, w), self.features(q, w)
+    denominator = jnp.einsum("btm,bm->bt", qp, kp.sum(axis=1))[..., None]
+    kptv = jnp.einsum("btn,btm->bnm", v.astype(jnp.float32), kp)  # (B, e, m)
+    y = jnp.einsum("btm,bnm->btn", qp, kptv) / (denominator + PERFORMER_EPSILON)
+    y = nn.Dropout(self.dropout, deterministic=not train)(
+        dense(e, "proj", *dt)(y.astype(self.dtype)))
+    x = v + y  # the values, not the (wider) input, carry the residual
+    h = nn.gelu(dense(e, "mlp_0", *dt)(norm(self, "norm2")(x)), approximate=self.gelu == "tanh")
+    h = nn.Dropout(self.dropout, deterministic=not train)(dense(e, "mlp_2", *dt)(h))
+    return x + h
+
+
+class TokenAttention(nn.Module):
+  """The reference token_transformer.Attention with one head: v + proj(softmax(q k^T s) v).
+
+  `qkv` (no bias) gives q, k, v of `width` each; s = (input width)^-0.5.
+  """
+
+  width: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    e = self.width
+    qkv = dense(3 * e, "qkv", self.dtype, self.param_dtype, use_bias=False)(x)
+    q, k, v = qkv[..., :e], qkv[..., e:2 * e], qkv[..., 2 * e:]
+    logits = jnp.einsum("bqd,bkd->bqk", q * x.shape[-1] ** -0.5, k,
+                        preferred_element_type=jnp.float32)
+    y = jnp.einsum("bqk,bkd->bqd", jax.nn.softmax(logits, axis=-1).astype(v.dtype), v)
+    return v + dense(e, "proj", self.dtype, self.param_dtype)(y)
+
+
+class TokenTransformer(nn.Module):
+  """The reference Token_transformer: x = attn(norm1(x)); x + mlp(norm2(x)), no dropout."""
+
+  width: int
+  gelu: str = "exact"
+  layernorm_epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = TokenAttention(self.width, name="attn", **dt)(norm(self, "norm1")(x))
+    return x + Mlp(self.width, gelu=self.gelu, name="mlp", **dt)(norm(self, "norm2")(x), train)
+
+
+class T2TModule(nn.Module):
+  """Soft split, T2T layer, soft split, T2T layer, soft split, `project`: (B, H, W, C) -> tokens."""
+
+  hidden_size: int
+  token_dim: int
+  t2t_layer: str
+  kernels: tuple[int, ...]
+  strides: tuple[int, ...]
+  performer_dropout: float = PERFORMER_DROPOUT
+  gelu: str = "exact"
+  layernorm_epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    if self.t2t_layer not in T2T_LAYERS:
+      raise ValueError(f"t2t_layer '{self.t2t_layer}' is not one of {', '.join(T2T_LAYERS)}")
+    settings = dict(gelu=self.gelu, layernorm_epsilon=self.layernorm_epsilon, dtype=self.dtype,
+                    param_dtype=self.param_dtype)
+    if self.t2t_layer == "performer":
+      settings["dropout"] = self.performer_dropout
+    layer = TokenPerformer if self.t2t_layer == "performer" else TokenTransformer
+    for i in range(2):
+      x = soft_split(x, self.kernels[i], self.strides[i])
+      batch, height, width, features = x.shape
+      x = layer(self.token_dim, name=f"attention{i + 1}", **settings)(
+          x.reshape(batch, height * width, features), train)
+      x = x.reshape(batch, height, width, self.token_dim)
+    x = soft_split(x, self.kernels[2], self.strides[2])
+    batch, height, width, features = x.shape
+    return dense(self.hidden_size, "project", self.dtype, self.param_dtype)(
+        x.reshape(batch, height * width, features))
