@@ -231,12 +231,27 @@ BAD = {
                                   "Mixer-custom cannot change resolution: its token-mixing "
                                   "weights fix 4x4 patches, image_size 28, not 56; set "
                                   "--config.image_size=28"),
+    "T2T-ViT soft splits": (["--config=configs/quickstart.py:t2t", "--config.image_size=28"],
+                            "image_size 28 is not divisible by the T2T token stride 8 (the "
+                            "product of model.t2t_strides (2, 2, 2)); use a multiple of 8"),
+    "TNT patches": (["--config=configs/quickstart.py:tnt", "--config.image_size=30"],
+                    "image_size 30 is not divisible by model.patch_size 7; use a multiple of 7"),
+    "safetensors of another model": (["--config=configs/quickstart.py:t2t",
+                                      "--config.init_from={tmp}/tnt.safetensors"],
+                                     "tnt.safetensors holds a TNT model's parameters but "
+                                     "model.name T2T-ViT-custom is a T2T-ViT model; set "
+                                     "--config.model.name to a TNT preset such as TNT-S"),
+    "safetensors lacking layers": (["--config=configs/quickstart.py:tnt",
+                                    "--config.init_from={tmp}/tnt.safetensors"],
+                                   "tnt.safetensors: the checkpoint has no parameter "
+                                   "blocks_0/attn_in/proj/bias"),
 }
 
 
 def make_bad_inputs(tmp):
   """The files some BAD cases point at."""
   import numpy as np
+  from safetensors.numpy import save_file
 
   for name, line in (("typo", "c.batchsize = 8"), ("wrong_type", "c.lr = '0.001'"),
                      ("no_mesh", "c.mesh = None"),
@@ -261,6 +276,11 @@ def make_bad_inputs(tmp):
   np.savez(tmp / "mixer.npz", **{"stem/kernel": np.zeros((7, 7, 1, 128), np.float32),
                                  "MixerBlock_0/token_mixing/Dense_0/kernel":
                                      np.zeros((16, 64), np.float32)})
+  # A TNT state dict in timm's names (pixel embedding of another width than the quickstart's).
+  save_file({"pixel_embed.proj.weight": np.zeros((4, 1, 7, 7), np.float32),
+             "pixel_embed.proj.bias": np.zeros(4, np.float32),
+             "cls_token": np.zeros((1, 1, 128), np.float32),
+             "patch_pos": np.zeros((1, 17, 128), np.float32)}, str(tmp / "tnt.safetensors"))
   (tmp / "afile").write_text("a file where the workdir's parent should be\n")
   write_image_folders(tmp)
 
