@@ -42,8 +42,10 @@ FAMILIES = {
                "--config.model.num_heads=2", "--config.model.mlp_dim=32"],
     "mixer": ["--config.model.hidden_size=32", "--config.model.num_layers=1",
               "--config.model.tokens_mlp_dim=16", "--config.model.channels_mlp_dim=32"],
-    # The performer T2T layers always draw dropout: the resumed run must redraw the same.
-    "t2t": ["--config.model.hidden_size=32", "--config.model.num_layers=1",
+    # The performer T2T layers always draw dropout: the resumed run must redraw the same. At
+    # the digits' own 28x28, soft splits of strides 2, 2, 1 give 7x7 tokens.
+    "t2t": ["--config.image_size=28", "--config.model.t2t_strides=(2, 2, 1)",
+            "--config.model.hidden_size=32", "--config.model.num_layers=1",
             "--config.model.num_heads=2", "--config.model.mlp_dim=32",
             "--config.model.token_dim=16", "--config.model.drop_path=0.1"],
     "tnt": ["--config.model.hidden_size=32", "--config.model.num_layers=1",
