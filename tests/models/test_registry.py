@@ -34,7 +34,8 @@ def mixer_count(patch, d, layers, tokens_mlp, channels_mlp, image=224, classes=1
 
 
 # At 224x224 with 1000 classes and no pre-logits: the ViT paper's models (class token), its
-# hybrids and the Mixer paper's models. Where no exact count is published, the count by hand.
+# hybrids, the Mixer paper's models, T2T-ViT and TNT. Where no exact count is published, the
+# count by hand.
 EXPECTED = {
     "R50+ViT-B/16": 98_659_112,
     "R26+ViT-S/32": 36_431_912,
@@ -55,6 +56,20 @@ EXPECTED = {
     "ViT-L/16": 304_326_632,
     "ViT-L/32": 306_535_400,
     "ViT-H/14": 632_045_800,
+    # T2T-ViT (all parameters, the fixed sinusoid table and the performers' features included)
+    # and TNT, as counted from the authors' PyTorch models; tests/models/test_t2t.py and
+    # test_tnt.py check them, and the trainable counts, in detail.
+    "T2T-ViT-7": 4_310_222,
+    "T2T-ViT-10": 5_889_230,
+    "T2T-ViT-12": 6_941_902,
+    "T2T-ViT-14": 21_545_550,
+    "T2T-ViT-19": 39_177_422,
+    "T2T-ViT-24": 64_105_934,
+    "T2T-ViT_t-14": 21_541_070,
+    "T2T-ViT_t-19": 39_172_942,
+    "T2T-ViT_t-24": 64_101_454,
+    "TNT-S": 23_768_584,
+    "TNT-B": 65_428_680,
 }
 
 
