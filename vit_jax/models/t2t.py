@@ -38,25 +38,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models import droppath, inputs, t2t_tokens, vit
+from vit_jax.models import droppath, inputs, vit
 from vit_jax.models.family import FEATURES, Family
 from vit_jax.models.mlp import GELUS
 from vit_jax.models.t2t_tokens import (  # noqa: F401  (re-exported: the family's API)
   KERNEL_RATIO,
   PERFORMER_DROPOUT,
   T2T_LAYERS,
-  Mlp,
   T2TModule,
   TokenPerformer,
   TokenTransformer,
-  dense,
-  norm,
   padding,
   sinusoid_init,
   sinusoid_table,
   soft_split,
   split_fits,
 )
+from vit_jax.models.torch_layers import TRUNC, Mlp, dense, norm
 
 Dtype = Any
 class Attention(nn.Module):
@@ -145,7 +143,7 @@ class T2TViT(nn.Module):
                   tuple(self.t2t_strides), self.performer_dropout, self.gelu,
                   self.layernorm_epsilon, name="tokens_to_token", **dt)(
                       inputs.to_unit_range(images).astype(self.dtype), train)
-    cls = self.param("cls_token", t2t_tokens.TRUNC, (1, 1, d), self.param_dtype).astype(self.dtype)
+    cls = self.param("cls_token", TRUNC, (1, 1, d), self.param_dtype).astype(self.dtype)
     x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, d)), x], axis=1)
     table = self.param("pos_embed", sinusoid_init, (1, x.shape[1], d), self.param_dtype)
     x = x + jax.lax.stop_gradient(table).astype(self.dtype)

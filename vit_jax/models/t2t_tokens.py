@@ -16,13 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.models.torch_layers import Mlp, dense, norm
+
 Dtype = Any
 T2T_LAYERS = ("performer", "transformer")
 PERFORMER_DROPOUT = 0.1  # the reference Token_performer's fixed dp1 and dp2
 KERNEL_RATIO = 0.5  # random features per token_dim of the performer
 PERFORMER_EPSILON = 1e-8  # added to the performer's normaliser
-# timm's trunc_normal_(std=.02) cuts at +-2 absolute, i.e. 100 standard deviations.
-TRUNC = nn.initializers.truncated_normal(0.02, lower=-100.0, upper=100.0)
 
 
 def padding(kernel: int, stride: int) -> int:
@@ -76,38 +76,6 @@ def random_features_init(key: jax.Array, shape: tuple[int, ...],
                           dtype: Dtype = jnp.float32) -> jax.Array:
   """Orthonormal rows times sqrt(m), as the reference's orthogonal_(randn(m, d)) * sqrt(m)."""
   return nn.initializers.orthogonal(scale=math.sqrt(shape[0]))(key, shape, dtype)
-
-
-def norm(module: nn.Module, name: str) -> nn.LayerNorm:
-  """A LayerNorm with `module`'s epsilon and dtypes."""
-  return nn.LayerNorm(epsilon=module.layernorm_epsilon, dtype=module.dtype,
-                      param_dtype=module.param_dtype, name=name)
-
-
-def dense(features: int, name: str, dtype: Dtype, param_dtype: Dtype,
-           use_bias: bool = True) -> nn.Dense:
-  """A PyTorch-born Linear: trunc_normal(.02) kernel, zero bias."""
-  return nn.Dense(features, use_bias=use_bias, kernel_init=TRUNC, dtype=dtype,
-                  param_dtype=param_dtype, name=name)
-
-
-class Mlp(nn.Module):
-  """fc1 -> GELU -> dropout -> fc2 -> dropout (the reference's Mlp)."""
-
-  mlp_dim: int
-  dropout: float = 0.0
-  gelu: str = "exact"
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    dt = (self.dtype, self.param_dtype)
-    width = x.shape[-1]
-    x = nn.gelu(dense(self.mlp_dim, "fc1", *dt)(x), approximate=self.gelu == "tanh")
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = dense(width, "fc2", *dt)(x)
-    return nn.Dropout(self.dropout, deterministic=not train)(x)
 
 
 class TokenPerformer(nn.Module):

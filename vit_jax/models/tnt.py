@@ -43,11 +43,10 @@ import jax.numpy as jnp
 from vit_jax.models import droppath, inputs, stack
 from vit_jax.models.family import FEATURES, Family
 from vit_jax.models.mlp import GELUS
+from vit_jax.models.torch_layers import TRUNC, Mlp
 
 Dtype = Any
 KERNEL = 7  # the pixel convolution's size (padding 3), fixed in the authors' code
-# timm's trunc_normal_(std=.02) cuts at +-2 absolute, i.e. 100 standard deviations.
-_TRUNC = nn.initializers.truncated_normal(0.02, lower=-100.0, upper=100.0)
 
 
 def _torch_conv_bias(fan_in: int) -> Callable:
@@ -58,25 +57,6 @@ def _torch_conv_bias(fan_in: int) -> Callable:
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
   return init
-
-
-class Mlp(nn.Module):
-  """fc1 -> GELU -> dropout -> fc2 -> dropout (timm's Mlp)."""
-
-  mlp_dim: int
-  dropout: float = 0.0
-  gelu: str = "exact"
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    dense = dict(kernel_init=_TRUNC, dtype=self.dtype, param_dtype=self.param_dtype)
-    width = x.shape[-1]
-    x = nn.gelu(nn.Dense(self.mlp_dim, name="fc1", **dense)(x), approximate=self.gelu == "tanh")
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = nn.Dense(width, name="fc2", **dense)(x)
-    return nn.Dropout(self.dropout, deterministic=not train)(x)
 
 
 class Attention(nn.Module):
@@ -93,7 +73,7 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    dense = dict(kernel_init=_TRUNC, dtype=self.dtype, param_dtype=self.param_dtype)
+    dense = dict(kernel_init=TRUNC, dtype=self.dtype, param_dtype=self.param_dtype)
     width = x.shape[-1]
     head_dim = width // self.num_heads
     heads = (*x.shape[:-1], self.num_heads, head_dim)
@@ -144,7 +124,7 @@ class Block(nn.Module):
         norm("norm_mlp_in")(inner), train))
     batch, tokens, width = outer.shape
     flat = inner.reshape(batch, tokens - 1, -1)  # (B, N, m*c), pixel-major
-    update = nn.Dense(width, use_bias=False, kernel_init=_TRUNC, name="proj", **dt)(
+    update = nn.Dense(width, use_bias=False, kernel_init=TRUNC, name="proj", **dt)(
         norm("norm1_proj")(flat))
     outer = jnp.concatenate([outer[:, :1], outer[:, 1:] + norm("norm2_proj")(update)], axis=1)
     outer = outer + branch(Attention(self.num_heads, self.dropout, name="attn_out", **dt)(
@@ -220,7 +200,7 @@ class TNT(nn.Module):
     patches = x.reshape(batch, gh, p, gw, p, channels).transpose(0, 1, 3, 2, 4, 5)
     inner = PixelEmbed(c, self.inner_stride, name="pixel_embed", **dt)(
         patches.reshape(batch * gh * gw, p, p, channels))
-    pixel_pos = self.param("pixel_pos", _TRUNC, (1, c, side, side), self.param_dtype)
+    pixel_pos = self.param("pixel_pos", TRUNC, (1, c, side, side), self.param_dtype)
     inner = inner + jnp.transpose(pixel_pos, (0, 2, 3, 1)).astype(self.dtype)
     inner = inner.reshape(batch * gh * gw, side * side, c)
 
@@ -228,10 +208,10 @@ class TNT(nn.Module):
       return nn.LayerNorm(epsilon=self.layernorm_epsilon, name=name, **dt)
 
     outer = norm("norm1_proj")(inner.reshape(batch, gh * gw, side * side * c))
-    outer = norm("norm2_proj")(nn.Dense(d, kernel_init=_TRUNC, name="proj", **dt)(outer))
-    cls = self.param("cls_token", _TRUNC, (1, 1, d), self.param_dtype).astype(self.dtype)
+    outer = norm("norm2_proj")(nn.Dense(d, kernel_init=TRUNC, name="proj", **dt)(outer))
+    cls = self.param("cls_token", TRUNC, (1, 1, d), self.param_dtype).astype(self.dtype)
     outer = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, d)), outer], axis=1)
-    patch_pos = self.param("patch_pos", _TRUNC, (1, 1 + gh * gw, d), self.param_dtype)
+    patch_pos = self.param("patch_pos", TRUNC, (1, 1 + gh * gw, d), self.param_dtype)
     outer = nn.Dropout(self.dropout, deterministic=not train)(
         outer + patch_pos.astype(self.dtype))
 
@@ -246,7 +226,7 @@ class TNT(nn.Module):
           name=f"blocks_{i}", **dt)(inner, outer, train)
     x = norm("norm")(outer)[:, 0]
     if self.representation_size:
-      x = nn.tanh(nn.Dense(self.representation_size, kernel_init=_TRUNC, name="pre_logits",
+      x = nn.tanh(nn.Dense(self.representation_size, kernel_init=TRUNC, name="pre_logits",
                            **dt)(x))
     self.sow("intermediates", FEATURES, x)
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
