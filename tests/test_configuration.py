@@ -150,6 +150,24 @@ def test_layout_settings_and_keys_newer_than_the_run_do_not_block_a_resume(tmp_p
       configuration.check_workdir(changed, str(tmp_path))
 
 
+@pytest.mark.parametrize("variant,own", [("t2t", "sinusoid"), ("tnt", "learn1d"),
+                                         ("mixer", None)])
+def test_runs_written_before_a_family_had_posemb_keys_resume_with_its_own_table(
+    tmp_path, variant, own):
+  c = configuration.resolve_data(resolved(quickstart.get_config(variant)), num_train=4000,
+                                 num_classes=10)
+  assert c.model.get("posemb") == own  # Mixer has no position embedding at all
+  old = json.loads(configuration.to_json(c))
+  for key in ("posemb", "posemb_mode"):
+    old["model"].pop(key, None)  # the config.json of a run written before the keys existed
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  assert configuration.check_workdir(c, str(tmp_path)) is True
+  if own is not None:
+    c.model.posemb = "learn2d"  # not what the earlier run computed
+    with pytest.raises(ConfigError, match=f"model.posemb: '{own}' -> 'learn2d'"):
+      configuration.check_workdir(c, str(tmp_path))
+
+
 def changed(changes: dict, config=None):
   """The resolved quickstart config with dotted keys set to any value, of any type."""
   d = (config or resolved(quickstart.get_config())).to_dict()

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
@@ -169,13 +170,23 @@ LAYOUT_KEYS = ("mesh.", "model.attention", "model.remat", "model.scan_layers")
 # Settings of what a run does when something goes wrong, which may also change on resuming: e.g.
 # a run that stopped on a non-finite loss is resumed with nonfinite=skip.
 RECOVERY_KEYS = ("nonfinite", "bad_images", "data_workers")
-# Keys added after runs were already written, with the value those runs used.
+
+
+def _family_default(key: str) -> Callable[[dict[str, Any]], Any]:
+  """The value a run's model family had for `key` before the key existed: its default."""
+  return lambda flat: registry.family_of(flat["model.name"]).defaults[key]
+
+
+# Keys added after runs were already written, with the value those runs used (or a function of
+# the new config giving it). Only keys the new config has are filled in.
 ADDED_KEYS: dict[str, Any] = {"moment_dtype": "float32", "nonfinite": "stop",
                               "eval_resize_small": 0, "bad_images": "skip", "data_workers": 0,
                               "reset_head": False, "model.gelu": "tanh",
                               "model.layernorm_epsilon": 1e-6, "label_smoothing": 0.0,
                               "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "mix_prob": 1.0,
-                              "mix_switch_prob": 0.5, "model.drop_path": 0.0}
+                              "mix_switch_prob": 0.5, "model.drop_path": 0.0,
+                              "model.posemb": _family_default("posemb"),
+                              "model.posemb_mode": "stem"}
 
 
 def _may_change(key: str) -> bool:
@@ -223,7 +234,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> bool:
     raise ConfigError(f"cannot read {path} ({e}); choose another --workdir") from None
   new = _flatten(json.loads(config.to_json()))
   for key, value in ADDED_KEYS.items():
-    old.setdefault(key, value)
+    if key in new:
+      old.setdefault(key, value(new) if callable(value) else value)
   keys = sorted(k for k in set(old) | set(new) if not _may_change(k))
   diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
   if diff:

@@ -9,6 +9,10 @@ before every block with one table (`every_layer_shared`).
 `learn1d` follows the original ViT format: with a class token the table has a leading row for
 it, so checkpoints and parameter counts match the paper. The other additive kinds add nothing to
 the class token.
+
+A family may have an embedding of its own as its default (T2T-ViT's fixed sinusoid table, TNT's
+`patch_pos`): `check(..., own=...)` accepts its name at the stem, and `embedder(..., stem=...)`
+adds it in place of `posembed_input`.
 """
 
 from __future__ import annotations
@@ -40,14 +44,21 @@ def applicable_modes(kind: str) -> tuple[str, ...]:
   return ("stem",)
 
 
-def check(kind: str, mode: str, width: int) -> str | None:
-  """Returns a one-line description of what is wrong with (kind, mode, width), or None."""
-  if kind not in KINDS:
-    return f"posemb: unknown position embedding '{kind}'; choose one of: {', '.join(KINDS)}"
+def check(kind: str, mode: str, width: int, own: tuple[str, ...] = ()) -> str | None:
+  """Returns a one-line description of what is wrong with (kind, mode, width), or None.
+
+  `own` names a family's own embeddings, which apply at the stem only.
+  """
+  kinds = own + KINDS
+  if kind not in kinds:
+    return f"posemb: unknown position embedding '{kind}'; choose one of: {', '.join(kinds)}"
   if mode not in MODES:
     return (f"posemb_mode: unknown position-embedding mode '{mode}'; choose one of: "
             f"{', '.join(MODES)}")
-  if mode not in applicable_modes(kind):
+  if kind in own and mode != "stem":
+    return (f"posemb_mode '{mode}' does not apply to posemb '{kind}' (the model's own table, "
+            "added once); use stem, or another posemb")
+  if kind not in own and mode not in applicable_modes(kind):
     why = {"none": "nothing is added", "relative": "it biases the attention of every layer",
            "sincos1d": "a fixed table has nothing to share", "sincos2d": "a fixed table has "
            "nothing to share"}[kind]
@@ -129,6 +140,31 @@ class AddPositionEmbedding(nn.Module):
       table = jnp.asarray(patch_table(self.kind, {}, self.grid, width))
     table = jnp.pad(table, ((self.num_prefix, 0), (0, 0)))  # class tokens get nothing
     return x + table[None].astype(x.dtype)
+
+
+def embedder(kind: str, mode: str, grid: Grid, num_prefix: int, param_dtype: Any,
+             stem: Callable[[jax.Array], jax.Array] | None = None
+             ) -> Callable[[int, jax.Array], jax.Array]:
+  """`add(i, x)`: x plus the embedding the input of block i gets (i = 0: the stem's).
+
+  Call inside a compact method: the tables are that module's submodules, `posembed_input` (or
+  `stem`, a family's own table, which `every_layer_shared` then reuses) and, in `every_layer`
+  mode, `posembed_layer_{i}`. Kinds that add nothing (`none`, `relative`) return x unchanged.
+  """
+  if stem is None and kind not in ADDITIVE:
+    return lambda i, x: x
+
+  def table(name: str) -> AddPositionEmbedding:
+    return AddPositionEmbedding(kind, grid, num_prefix, param_dtype, name=name)
+
+  first = stem or table("posembed_input")
+
+  def add(i: int, x: jax.Array) -> jax.Array:
+    if i == 0 or mode == "every_layer_shared":
+      return first(x)
+    return table(f"posembed_layer_{i}")(x) if mode == "every_layer" else x
+
+  return add
 
 
 def relative_index(grid: Grid, num_prefix: int = 0) -> np.ndarray:

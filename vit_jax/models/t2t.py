@@ -26,6 +26,10 @@ nn.Sequential) and its random features `w`; a transformer one `norm1`, `attn/{qk
   never drop. Stochastic depth acts on the backbone blocks only.
 - The transformer T2T layer scales its logits by the INPUT width^-0.5 (147^-0.5, 576^-0.5),
   not its head width's, as the authors' code does.
+- `posemb` "sinusoid" (the default) is the authors' table. Any kind and mode of the ViT's
+  ablation (vit_jax.models.posemb) can replace it, for the backbone's tokens with the class
+  token first (`posembed_input`, `posembed_layer_{i}`, `blocks_{i}/attn/relative_posemb`); the
+  T2T layers never see a position embedding, as in the reference.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models import droppath, inputs, vit
+from vit_jax.models import droppath, inputs, posemb, vit
 from vit_jax.models.family import FEATURES, Family
 from vit_jax.models.mlp import GELUS
 from vit_jax.models.t2t_tokens import (  # noqa: F401  (re-exported: the family's API)
@@ -57,11 +61,16 @@ from vit_jax.models.t2t_tokens import (  # noqa: F401  (re-exported: the family'
 from vit_jax.models.torch_layers import TRUNC, Mlp, dense, norm
 
 Dtype = Any
+SINUSOID = "sinusoid"  # the authors' fixed table, `pos_embed`: the default position embedding
+POSEMBS = (SINUSOID, *posemb.KINDS)
+
+
 class Attention(nn.Module):
   """The backbone's multi-head self-attention: `qkv` (no bias), scale head_dim^-0.5, `proj`."""
 
   num_heads: int
   dropout: float = 0.0
+  relative_grid: tuple[int, int] | None = None  # token grid, for the relative position bias
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -73,7 +82,11 @@ class Attention(nn.Module):
     qkv = dense(3 * width, "qkv", self.dtype, self.param_dtype, use_bias=False)(x)
     q, k, v = (qkv[..., i * width:(i + 1) * width].reshape(heads) for i in range(3))
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    weights = jax.nn.softmax(logits * head_dim**-0.5, axis=-1)
+    logits = logits * head_dim**-0.5
+    if self.relative_grid is not None:  # the class token is the one prefix token
+      logits = logits + posemb.relative_bias(posemb.RelativeEmbedding(
+          self.relative_grid, head_dim, 1, self.param_dtype, name="relative_posemb")())(q)
+    weights = jax.nn.softmax(logits, axis=-1)
     y = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v).reshape(x.shape)
     y = dense(width, "proj", self.dtype, self.param_dtype)(y)
     return nn.Dropout(self.dropout, deterministic=not train)(y)
@@ -88,13 +101,15 @@ class Block(nn.Module):
   dropout: float = 0.0
   gelu: str = "exact"
   layernorm_epsilon: float = 1e-5
+  relative_grid: tuple[int, int] | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    y = Attention(self.num_heads, self.dropout, name="attn", **dt)(norm(self, "norm1")(x), train)
+    y = Attention(self.num_heads, self.dropout, self.relative_grid, name="attn", **dt)(
+        norm(self, "norm1")(x), train)
     x = x + droppath.DropPath(self.drop_path)(y, train)
     y = Mlp(self.mlp_dim, self.dropout, self.gelu, name="mlp", **dt)(norm(self, "norm2")(x), train)
     return x + droppath.DropPath(self.drop_path)(y, train)
@@ -124,6 +139,8 @@ class T2TViT(nn.Module):
   head_bias_init: float = 0.0
   gelu: str = "exact"
   layernorm_epsilon: float = 1e-5
+  posemb: str = SINUSOID
+  posemb_mode: str = "stem"
   remat: str = "none"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -134,9 +151,12 @@ class T2TViT(nn.Module):
       raise ValueError(f"remat '{self.remat}' is not one of {', '.join(vit.REMAT_POLICIES)}")
     if self.gelu not in GELUS:
       raise ValueError(f"gelu '{self.gelu}' is not one of {', '.join(GELUS)}")
+    problem = posemb.check(self.posemb, self.posemb_mode, self.hidden_size, own=(SINUSOID,))
+    if problem:
+      raise ValueError(problem)
     batch, height, width, _ = images.shape
-    inputs.check_grid(height, width, math.prod(self.t2t_strides),
-                      "the T2T token stride (the product of t2t_strides)")
+    grid = inputs.check_grid(height, width, math.prod(self.t2t_strides),
+                             "the T2T token stride (the product of t2t_strides)")
     dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     d = self.hidden_size
     x = T2TModule(d, self.token_dim, self.t2t_layer, tuple(self.t2t_kernels),
@@ -145,15 +165,22 @@ class T2TViT(nn.Module):
                       inputs.to_unit_range(images).astype(self.dtype), train)
     cls = self.param("cls_token", TRUNC, (1, 1, d), self.param_dtype).astype(self.dtype)
     x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, d)), x], axis=1)
-    table = self.param("pos_embed", sinusoid_init, (1, x.shape[1], d), self.param_dtype)
-    x = x + jax.lax.stop_gradient(table).astype(self.dtype)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    stem = None
+    if self.posemb == SINUSOID:  # the reference's fixed table
+      table = jax.lax.stop_gradient(
+          self.param("pos_embed", sinusoid_init, (1, x.shape[1], d), self.param_dtype))
+      stem = lambda x: x + table.astype(self.dtype)  # noqa: E731
+    add_posemb = posemb.embedder(self.posemb, self.posemb_mode, grid, 1, self.param_dtype,
+                                 stem=stem)
+    x = nn.Dropout(self.dropout, deterministic=not train)(add_posemb(0, x))
     block = Block
     if self.remat != "none":  # argument 2 (counting self) is `train`, a Python bool
       block = nn.remat(block, policy=vit.REMAT_POLICIES[self.remat], static_argnums=(2,))
+    relative = grid if self.posemb == "relative" else None
     for i, rate in enumerate(droppath.rates(self.drop_path, self.num_layers)):
       x = block(self.num_heads, self.mlp_dim, rate, self.dropout, self.gelu,
-                self.layernorm_epsilon, name=f"blocks_{i}", **dt)(x, train)
+                self.layernorm_epsilon, relative, name=f"blocks_{i}", **dt)(
+                    x if i == 0 else add_posemb(i, x), train)
     x = norm(self, "norm")(x)[:, 0]
     if self.representation_size:
       x = nn.tanh(dense(self.representation_size, "pre_logits", self.dtype,
@@ -190,6 +217,8 @@ DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
     "gelu": "exact",  # PyTorch's nn.GELU
     "layernorm_epsilon": 1e-5,  # PyTorch's nn.LayerNorm default
+    "posemb": SINUSOID,  # or a kind of the ViT's ablation (vit_jax.models.posemb)
+    "posemb_mode": "stem",
     "remat": "none",
 }
 
@@ -201,8 +230,8 @@ def build(model: Mapping[str, Any], num_classes: int) -> T2TViT:
       t2t_kernels=tuple(model["t2t_kernels"]), t2t_strides=tuple(model["t2t_strides"]),
       representation_size=model["representation_size"], dropout=model["dropout"],
       drop_path=model["drop_path"], head_bias_init=model["head_bias_init"], gelu=model["gelu"],
-      layernorm_epsilon=model["layernorm_epsilon"], remat=model["remat"],
-      dtype=jnp.dtype(model["dtype"]))
+      layernorm_epsilon=model["layernorm_epsilon"], posemb=model["posemb"],
+      posemb_mode=model["posemb_mode"], remat=model["remat"], dtype=jnp.dtype(model["dtype"]))
 
 
 def check_config(values: Mapping[str, Any], backend: str) -> list[str]:
@@ -238,6 +267,10 @@ def check_config(values: Mapping[str, Any], backend: str) -> list[str]:
   remat = values.get("model.remat")
   if remat is not None and remat not in vit.REMAT_POLICIES:
     problems.append(f"model.remat '{remat}' is not one of {', '.join(vit.REMAT_POLICIES)}")
+  kind, mode = values.get("model.posemb"), values.get("model.posemb_mode")
+  if kind is not None and mode is not None:
+    problem = posemb.check(kind, mode, d or 0, own=(SINUSOID,))
+    problems += [f"model.{problem}"] if problem else []
   return problems
 
 

@@ -28,6 +28,11 @@ attention `qk`, `v` without bias and `proj`; each MLP `fc1`, `fc2`), `norm`, `he
 - `patch_pos` is a learned table like the ViT's `learn1d`; at another resolution the loader
   resamples it on its 2-D grid, so the family is resizable. `pixel_pos` depends on the patch
   size and stride only.
+- `posemb` "learn1d" at the stem (the default) is `patch_pos`. Any kind and mode of the ViT's
+  ablation (vit_jax.models.posemb) can replace it for the outer tokens, class token first
+  (`posembed_input`, `posembed_layer_{i}`, `blocks_{i}/attn_out/relative_posemb`); `learn1d`
+  in the every-layer modes keeps `patch_pos` before block 0. The inner tokens always get
+  `pixel_pos`, as in the reference.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models import droppath, inputs, stack
+from vit_jax.models import droppath, inputs, posemb, stack
 from vit_jax.models.family import FEATURES, Family
 from vit_jax.models.mlp import GELUS
 from vit_jax.models.torch_layers import TRUNC, Mlp
@@ -68,6 +73,7 @@ class Attention(nn.Module):
 
   num_heads: int
   dropout: float = 0.0
+  relative_grid: tuple[int, int] | None = None  # patch grid, for the relative position bias
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -81,7 +87,11 @@ class Attention(nn.Module):
     q, k = qk[..., :width].reshape(heads), qk[..., width:].reshape(heads)
     v = nn.Dense(width, use_bias=False, name="v", **dense)(x).reshape(heads)
     logits = jnp.einsum("...qhd,...khd->...hqk", q, k, preferred_element_type=jnp.float32)
-    weights = jax.nn.softmax(logits * head_dim**-0.5, axis=-1)
+    logits = logits * head_dim**-0.5
+    if self.relative_grid is not None:  # outer tokens only: the class token is the one prefix
+      logits = logits + posemb.relative_bias(posemb.RelativeEmbedding(
+          self.relative_grid, head_dim, 1, self.param_dtype, name="relative_posemb")())(q)
+    weights = jax.nn.softmax(logits, axis=-1)
     y = jnp.einsum("...hqk,...khd->...qhd", weights.astype(v.dtype), v).reshape(x.shape)
     y = nn.Dense(width, name="proj", **dense)(y)
     return nn.Dropout(self.dropout, deterministic=not train)(y)
@@ -103,6 +113,7 @@ class Block(nn.Module):
   dropout: float = 0.0
   gelu: str = "exact"
   layernorm_epsilon: float = 1e-5
+  relative_grid: tuple[int, int] | None = None  # of the outer attention's patches
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -127,8 +138,8 @@ class Block(nn.Module):
     update = nn.Dense(width, use_bias=False, kernel_init=TRUNC, name="proj", **dt)(
         norm("norm1_proj")(flat))
     outer = jnp.concatenate([outer[:, :1], outer[:, 1:] + norm("norm2_proj")(update)], axis=1)
-    outer = outer + branch(Attention(self.num_heads, self.dropout, name="attn_out", **dt)(
-        norm("norm_out")(outer), train))
+    outer = outer + branch(Attention(self.num_heads, self.dropout, self.relative_grid,
+                                     name="attn_out", **dt)(norm("norm_out")(outer), train))
     outer = outer + branch(Mlp(self.mlp_dim, name="mlp", **mlp)(norm("norm_mlp")(outer), train))
     return inner, outer
 
@@ -181,6 +192,8 @@ class TNT(nn.Module):
   head_bias_init: float = 0.0
   gelu: str = "exact"
   layernorm_epsilon: float = 1e-5
+  posemb: str = "learn1d"
+  posemb_mode: str = "stem"
   remat: str = "none"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -191,6 +204,9 @@ class TNT(nn.Module):
       raise ValueError(f"remat '{self.remat}' is not one of {', '.join(stack.REMAT_POLICIES)}")
     if self.gelu not in GELUS:
       raise ValueError(f"gelu '{self.gelu}' is not one of {', '.join(GELUS)}")
+    problem = posemb.check(self.posemb, self.posemb_mode, self.hidden_size)
+    if problem:
+      raise ValueError(problem)
     batch, height, width, channels = images.shape
     gh, gw = inputs.check_grid(height, width, self.patch_size)
     dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -211,9 +227,13 @@ class TNT(nn.Module):
     outer = norm("norm2_proj")(nn.Dense(d, kernel_init=TRUNC, name="proj", **dt)(outer))
     cls = self.param("cls_token", TRUNC, (1, 1, d), self.param_dtype).astype(self.dtype)
     outer = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, d)), outer], axis=1)
-    patch_pos = self.param("patch_pos", TRUNC, (1, 1 + gh * gw, d), self.param_dtype)
-    outer = nn.Dropout(self.dropout, deterministic=not train)(
-        outer + patch_pos.astype(self.dtype))
+    stem = None
+    if self.posemb == "learn1d":  # the reference's own table
+      patch_pos = self.param("patch_pos", TRUNC, (1, 1 + gh * gw, d), self.param_dtype)
+      stem = lambda x: x + patch_pos.astype(self.dtype)  # noqa: E731
+    add_posemb = posemb.embedder(self.posemb, self.posemb_mode, (gh, gw), 1, self.param_dtype,
+                                 stem=stem)
+    outer = nn.Dropout(self.dropout, deterministic=not train)(add_posemb(0, outer))
 
     block = Block
     if self.remat != "none":  # argument 3 (counting self) is `train`, a Python bool
@@ -223,7 +243,8 @@ class TNT(nn.Module):
           inner_heads=self.inner_heads, num_heads=self.num_heads,
           inner_mlp_dim=self.inner_mlp_dim, mlp_dim=self.mlp_dim, drop_path=rate,
           dropout=self.dropout, gelu=self.gelu, layernorm_epsilon=self.layernorm_epsilon,
-          name=f"blocks_{i}", **dt)(inner, outer, train)
+          relative_grid=(gh, gw) if self.posemb == "relative" else None,
+          name=f"blocks_{i}", **dt)(inner, outer if i == 0 else add_posemb(i, outer), train)
     x = norm("norm")(outer)[:, 0]
     if self.representation_size:
       x = nn.tanh(nn.Dense(self.representation_size, kernel_init=TRUNC, name="pre_logits",
@@ -250,6 +271,8 @@ DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
     "gelu": "exact",  # PyTorch's nn.GELU
     "layernorm_epsilon": 1e-5,  # PyTorch's nn.LayerNorm default, used by timm's TNT
+    "posemb": "learn1d",  # `patch_pos`; or another kind of vit_jax.models.posemb
+    "posemb_mode": "stem",
     "remat": "none",
 }
 
@@ -261,8 +284,8 @@ def build(model: Mapping[str, Any], num_classes: int) -> TNT:
       inner_stride=model["inner_stride"], representation_size=model["representation_size"],
       dropout=model["dropout"], drop_path=model["drop_path"],
       head_bias_init=model["head_bias_init"], gelu=model["gelu"],
-      layernorm_epsilon=model["layernorm_epsilon"], remat=model["remat"],
-      dtype=jnp.dtype(model["dtype"]))
+      layernorm_epsilon=model["layernorm_epsilon"], posemb=model["posemb"],
+      posemb_mode=model["posemb_mode"], remat=model["remat"], dtype=jnp.dtype(model["dtype"]))
 
 
 def check_config(values: Mapping[str, Any], backend: str) -> list[str]:
@@ -284,6 +307,10 @@ def check_config(values: Mapping[str, Any], backend: str) -> list[str]:
   remat = values.get("model.remat")
   if remat is not None and remat not in stack.REMAT_POLICIES:
     problems.append(f"model.remat '{remat}' is not one of {', '.join(stack.REMAT_POLICIES)}")
+  kind, mode = values.get("model.posemb"), values.get("model.posemb_mode")
+  if kind is not None and mode is not None:
+    problem = posemb.check(kind, mode, values.get("model.hidden_size") or 0)
+    problems += [f"model.{problem}"] if problem else []
   return problems
 
 

@@ -120,16 +120,9 @@ class Encoder(nn.Module):
                or check_memory_options(self.remat, self.scan_layers, self.posemb_mode))
     if problem:
       raise ValueError(problem)
-    additive = self.posemb in posemb.ADDITIVE
-
-    def embedding(name: str) -> posemb.AddPositionEmbedding:
-      return posemb.AddPositionEmbedding(self.posemb, grid, num_prefix, self.param_dtype,
-                                         name=name)
-
-    first = embedding("posembed_input") if additive else None
-    if first is not None:
-      x = first(x)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    add_posemb = posemb.embedder(self.posemb, self.posemb_mode, grid, num_prefix,
+                                 self.param_dtype)
+    x = nn.Dropout(self.dropout, deterministic=not train)(add_posemb(0, x))
     block = rematted(EncoderBlock, self.remat)
     settings = dict(
         num_heads=self.num_heads,
@@ -149,9 +142,8 @@ class Encoder(nn.Module):
                name="encoderblock", **settings)
     rates = droppath.rates(self.drop_path, self.num_layers)
     for i in range(0 if self.scan_layers else self.num_layers):
-      if first is not None and i > 0 and self.posemb_mode != "stem":
-        shared = self.posemb_mode == "every_layer_shared"
-        x = (first if shared else embedding(f"posembed_layer_{i}"))(x)
+      if i > 0:
+        x = add_posemb(i, x)
       x = block(name=f"encoderblock_{i}", drop_path=rates[i], **settings)(x, train)
     return nn.LayerNorm(epsilon=self.layernorm_epsilon, name="encoder_norm", dtype=self.dtype,
                         param_dtype=self.param_dtype)(x)
