@@ -245,6 +245,10 @@ BAD = {
                                     "--config.init_from={tmp}/tnt.safetensors"],
                                    "tnt.safetensors: the checkpoint has no parameter "
                                    "blocks_0/attn_in/proj/bias"),
+    "T2T table in every layer": (["--config=configs/sweeps/posemb.py:t2t",
+                                  "--config.model.posemb_mode=every_layer_shared"],
+                                 "model.posemb_mode 'every_layer_shared' does not apply to "
+                                 "posemb 'sinusoid' (the model's own table, added once)"),
 }
 
 
@@ -314,7 +318,7 @@ def test_bad_input_is_one_line_exit_2_and_no_workdir(tmp_path, case):
   args, message = BAD[case]
   make_bad_inputs(tmp_path)
   config = "configs/quickstart.py"
-  if args[0].startswith("--config=configs/quickstart.py:"):  # a variant, not a second --config
+  if args[0].startswith("--config=configs/"):  # another config file, not a second --config
     config, args = args[0].partition("=")[2], args[1:]
   result = cli("--workdir", str(tmp_path / "run"), *(a.format(tmp=tmp_path) for a in args),
                config=config)

@@ -16,7 +16,8 @@ CONFIGS = [("quickstart", None), ("quickstart", "hybrid"), ("quickstart", "mixer
            ("b16", None), ("b16", "gap"), ("r50_b16", None), ("mixer_b16", None),
            ("t2t_vit_14", None), ("tnt_s", None),
            ("finetune", "b16,cifar10"), ("finetune", "quickstart_mixer,folder:/data"),
-           ("sweeps.posemb", None), ("sweeps.architectures", "vit")]
+           ("sweeps.posemb", None), ("sweeps.posemb", "t2t"), ("sweeps.posemb", "tnt"),
+           ("sweeps.architectures", "vit")]
 
 
 def checked(config):
@@ -32,15 +33,36 @@ def test_config_resolves_and_validates(module, arg):
   assert checked(config).model.name
 
 
-def test_every_run_of_the_position_embedding_sweep_validates():
+@pytest.mark.parametrize("arg,family,runs", [(None, "ViT", 54), ("t2t", "T2T-ViT", 39),
+                                              ("tnt", "TNT", 36), ("tnt,1", "TNT", 12)])
+def test_every_run_of_the_position_embedding_sweep_validates(arg, family, runs):
   from configs.sweeps import posemb
+  from vit_jax.models import registry
 
-  for overrides in posemb.get_sweep():
-    config = posemb.get_config()
+  sweep = posemb.get_sweep() if arg is None else posemb.get_sweep(arg)
+  assert len(sweep) == runs
+  built = set()
+  for overrides in sweep:
+    config = posemb.get_config(arg)
     for key, value in overrides.items():
       section, _, name = key.rpartition(".")
       (config[section] if section else config)[name] = value
-    checked(config)
+    config = checked(config)
+    assert registry.family_of(config.model.name).name == family
+    assert (config.model.posemb, config.model.posemb_mode) == (
+        overrides["model.posemb"], overrides["model.posemb_mode"])
+    built.add(config.model.posemb)
+  assert built >= {kind for kind, _ in posemb.CELLS}
+  if family == "T2T-ViT":
+    assert "sinusoid" in built
+
+
+def test_the_position_embedding_sweep_names_a_bad_argument():
+  from configs.sweeps import posemb
+
+  for arg in ("mixer", "t2t,4", "t2t,x"):
+    with pytest.raises(ValueError, match="FAMILY\\[,SEEDS\\]"):
+      posemb.get_sweep(arg)
 
 
 def test_every_run_of_the_architecture_sweep_validates():
