@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from vit_jax.io import torch_state
 
@@ -55,3 +56,62 @@ def test_the_family_of_a_state_dict_and_its_ignored_tensors():
   assert torch_state.family_of_state({"patch_embed.proj.weight": 0}) is None
   assert torch_state.without_ignored({"outer_tokens": 0, "norm.weight": 1}, "TNT") == {
       "norm.weight": 1}
+
+
+def authors_tnt_state():
+  """A one-block TNT state dict under the names and shapes of the TNT authors' module
+  (tnt_pytorch/tnt.py): 8x8 images, 4x4 patches, inner stride 2 (2x2 words of width 6), width 8."""
+  shapes = {"patch_embed.proj.weight": (6, 3, 7, 7), "patch_embed.proj.bias": (6,),
+            "proj_norm1.weight": (24,), "proj_norm1.bias": (24,), "proj.weight": (8, 24),
+            "proj.bias": (8,), "proj_norm2.weight": (8,), "proj_norm2.bias": (8,),
+            "cls_token": (1, 1, 8), "outer_tokens": (1, 4, 8), "outer_pos": (1, 5, 8),
+            "inner_pos": (1, 4, 6), "norm.weight": (8,), "norm.bias": (8,),
+            "head.weight": (5, 8), "head.bias": (5,)}
+  block = {"inner_norm1": 6, "inner_norm2": 6, "proj_norm1": 24, "proj_norm2": 8,
+           "outer_norm1": 8, "outer_norm2": 8}
+  for name, width in block.items():
+    shapes |= {f"blocks.0.{name}.weight": (width,), f"blocks.0.{name}.bias": (width,)}
+  for attn, width in (("inner_attn", 6), ("outer_attn", 8)):
+    shapes |= {f"blocks.0.{attn}.qk.weight": (2 * width, width),
+               f"blocks.0.{attn}.v.weight": (width, width),
+               f"blocks.0.{attn}.proj.weight": (width, width),
+               f"blocks.0.{attn}.proj.bias": (width,)}
+  for mlp, width in (("inner_mlp", 6), ("outer_mlp", 8)):
+    shapes |= {f"blocks.0.{mlp}.fc1.weight": (4 * width, width),
+               f"blocks.0.{mlp}.fc1.bias": (4 * width,),
+               f"blocks.0.{mlp}.fc2.weight": (width, 4 * width),
+               f"blocks.0.{mlp}.fc2.bias": (width,)}
+  shapes["blocks.0.proj.weight"] = (8, 24)  # inner-to-outer, no bias
+  rng = np.random.default_rng(0)
+  return {key: rng.normal(size=shape) for key, shape in shapes.items()}
+
+
+def shapes(tree):
+  return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def test_the_tnt_authors_names_become_the_models_parameters():
+  import jax
+  import jax.numpy as jnp
+
+  from vit_jax.models import tnt
+
+  state = authors_tnt_state()
+  renamed = torch_state.from_tnt_authors(state)
+  assert torch_state.family_of_state(renamed) == "TNT"
+  params = torch_state.to_flax(torch_state.without_ignored(renamed, "TNT"))
+  model = tnt.TNT(num_classes=5, patch_size=4, inner_dim=6, hidden_size=8, num_layers=1,
+                  inner_heads=2, num_heads=2, inner_mlp_dim=24, mlp_dim=32, inner_stride=2)
+  want = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 3)))["params"]
+  assert shapes(params) == shapes(want)
+  # inner_pos (1, h*w, c) row-major over the 2x2 words -> pixel_pos (1, c, h, w).
+  for word, (row, col) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+    np.testing.assert_array_equal(params["pixel_pos"][0, :, row, col], state["inner_pos"][0, word])
+  np.testing.assert_array_equal(params["patch_pos"], state["outer_pos"])
+  np.testing.assert_array_equal(params["blocks_0"]["attn_out"]["qk"]["kernel"],
+                                state["blocks.0.outer_attn.qk.weight"].T)
+  other = state | {"inner_pos": np.zeros((1, 5, 6))}
+  with pytest.raises(ValueError, match=r"inner_pos of shape \(1, 5, 6\)"):
+    torch_state.from_tnt_authors(other)
+  timm_like = {"pixel_embed.proj.weight": 0, "patch_pos": 1}
+  assert torch_state.from_tnt_authors(timm_like) == timm_like

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from vit_jax.io import torch_state
+from vit_jax.io import pretrained, torch_state
 from vit_jax.models import tnt
 
 torch = pytest.importorskip("torch")
@@ -88,6 +88,33 @@ def test_the_authors_unused_outer_tokens_is_the_only_tensor_left_out():
   names = jax.eval_shape(ours.init, jax.random.key(0), jnp.zeros((1, 28, 28, 3)))["params"]
   torch_names = set(torch_state.from_flax(jax.tree.map(lambda s: np.zeros(s.shape), names)))
   assert set(state) - torch_names == {"outer_tokens"} and torch_names <= set(state)
+
+
+def test_a_file_in_the_authors_names_loads_to_timms_logits(tmp_path):
+  """timm's weights renamed as the TNT authors' module names them (inner_pos (1, h*w, c)) and
+  saved as .safetensors: init_from's loader gives back timm's function."""
+  from safetensors.numpy import save_file
+
+  reference, ours = small_pair()
+  reference = perturbed(reference, 4)
+  authors = {new: old for old, new in torch_state.TNT_AUTHOR_NAMES.items()}
+  state = {}
+  for key, value in numpy_state(reference).items():
+    if key == "pixel_pos":  # (1, c, h, w) -> (1, h*w, c)
+      key, value = "inner_pos", value.reshape(1, value.shape[1], -1).transpose(0, 2, 1)
+    state[".".join(authors.get(part, part) for part in key.split("."))] = value
+  assert {"patch_embed.proj.weight", "outer_pos", "blocks.0.inner_attn.qk.weight",
+          "blocks.0.outer_mlp.fc2.bias", "proj_norm1.weight"} <= set(state)
+  state["outer_tokens"] = np.zeros((1, 16, 32), np.float32)
+  path = str(tmp_path / "tnt_authors.safetensors")
+  save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, path)
+  loaded = pretrained.load(path)
+  assert loaded.grid == (4, 4)
+  x = np.random.default_rng(5).uniform(-1, 1, (2, 28, 28, 3)).astype(np.float32)
+  with torch.no_grad():
+    want = reference(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  got = np.asarray(jax.jit(ours.apply)({"params": loaded.params}, x))
+  assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
 
 
 @pytest.mark.slow

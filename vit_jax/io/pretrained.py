@@ -2,9 +2,9 @@
 
 A workdir gives its newest checkpoint and, from its `config.json`, the patch grid. An `.npz` file
 (the original format, or big_vision's layout, converted by `vit_jax.io.big_vision`) and a
-`.safetensors` file (a timm ViT's, converted by `vit_jax.io.timm`; timm's TNT or the T2T-ViT
-authors' state dict, converted by `vit_jax.io.torch_state`) have no config, so the grid is read
-off the position tables (see `infer_grid`).
+`.safetensors` file (a timm ViT's, converted by `vit_jax.io.timm`; timm's TNT, or the TNT or
+T2T-ViT authors' state dict, converted by `vit_jax.io.torch_state`) have no config, so the grid
+is read off the position tables (see `infer_grid`).
 Every failure is a `PretrainedError` with one line naming the file and what to do.
 """
 
@@ -27,8 +27,9 @@ from vit_jax.io.runs import error_reason
 Grid = tuple[int, int]
 _SOURCES = ("give a training run's workdir, an original-format .npz file or a timm .safetensors "
             "file")
-_TIMM = ("give a .safetensors file of a timm ViT, timm's TNT or the T2T-ViT authors' (converted by "
-         "vit_jax.io.convert_torch), a training run's workdir or an .npz file")
+_TIMM = ("give a .safetensors file of a timm ViT, a TNT (timm's or its authors') or the T2T-ViT "
+         "authors' (converted by vit_jax.io.convert_torch), a training run's workdir or an .npz "
+         "file")
 
 
 class PretrainedError(ValueError):
@@ -149,6 +150,10 @@ def _load_safetensors(path: str) -> Pretrained:
                           f"{_TIMM}") from None
   if not state:
     raise PretrainedError(f"{path} holds no tensors; {_TIMM}")
+  try:
+    state = torch_state.from_tnt_authors(state)
+  except ValueError as e:
+    raise PretrainedError(f"{path}: {e}; {_TIMM}") from None
   family = torch_state.family_of_state(state)
   if family is not None:  # T2T-ViT or TNT: our names mirror the reference's
     try:

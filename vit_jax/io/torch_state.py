@@ -12,11 +12,13 @@ converts a state dict both ways:
 
 `to_flax` and `from_flax` are inverses on such trees. Which family a state dict is of, and
 which of its tensors a family leaves out (TNT's unused `outer_tokens`), is decided by the loader
-(`vit_jax.io.pretrained`).
+(`vit_jax.io.pretrained`). TNT follows timm's names; `from_tnt_authors` renames the TNT
+authors' own (`patch_embed`, `outer_pos`, `inner_pos`, `blocks.i.inner_attn` ...) to them.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -84,6 +86,35 @@ def from_flax(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
       name = "weight"
     state[_torch_key((*parents, name))] = np.ascontiguousarray(array)
   return state
+
+
+# The TNT authors' module names (huawei-noah's tnt_pytorch) and timm's for the same module.
+TNT_AUTHOR_NAMES = {
+    "patch_embed": "pixel_embed", "outer_pos": "patch_pos", "inner_pos": "pixel_pos",
+    "proj_norm1": "norm1_proj", "proj_norm2": "norm2_proj", "inner_norm1": "norm_in",
+    "inner_attn": "attn_in", "inner_norm2": "norm_mlp_in", "inner_mlp": "mlp_in",
+    "outer_norm1": "norm_out", "outer_attn": "attn_out", "outer_norm2": "norm_mlp",
+    "outer_mlp": "mlp",
+}
+
+
+def from_tnt_authors(state: Mapping[str, Any]) -> dict[str, Any]:
+  """A TNT state dict in the authors' names renamed to timm's; any other state as it is.
+
+  The authors' `inner_pos` (1, h*w, c), row-major over the inner grid, becomes timm's
+  `pixel_pos` (1, c, h, w). Told apart by their `outer_pos` and `inner_pos`.
+  """
+  if "outer_pos" not in state or "inner_pos" not in state:
+    return dict(state)
+  out = {}
+  for key, value in state.items():
+    out[".".join(TNT_AUTHOR_NAMES.get(part, part) for part in key.split("."))] = value
+  inner = np.asarray(out["pixel_pos"])
+  side = math.isqrt(inner.shape[1])
+  if inner.ndim != 3 or side * side != inner.shape[1]:
+    raise ValueError(f"inner_pos of shape {inner.shape} is not (1, h*w, c) of a square patch")
+  out["pixel_pos"] = inner.transpose(0, 2, 1).reshape(1, inner.shape[2], side, side)
+  return out
 
 
 def family_of_state(state: Mapping[str, Any]) -> str | None:

@@ -18,8 +18,8 @@ attention `qk`, `v` without bias and `proj`; each MLP `fc1`, `fc2`), `norm`, `he
 - The authors' files hold an all-zero, never-used `outer_tokens` tensor; there is no such
   parameter here (the loader drops it). Their own names differ (`patch_embed`, `inner_pos`,
   `outer_pos`, `proj_norm1`, `inner_attn`, `outer_mlp` ...) and their `inner_pos`
-  (1, h*w, inner_dim) is `pixel_pos` transposed; timm's files (and its renaming
-  `checkpoint_filter_fn`) have timm's names and layout, which are the ones here.
+  (1, h*w, inner_dim) is `pixel_pos` transposed; the loader renames them to timm's names and
+  layout, which are the ones here (vit_jax.io.torch_state.from_tnt_authors).
 - `dropout` acts where the authors' `drop_rate` does: after the position add, after each
   attention's output projection and after the GELU and output of each MLP (timm's
   `pos_drop_rate` and `proj_drop_rate`; timm's head dropout, absent in the authors' code, is
