@@ -62,7 +62,6 @@ from vit_jax.models.torch_layers import TRUNC, Mlp, dense, norm
 
 Dtype = Any
 SINUSOID = "sinusoid"  # the authors' fixed table, `pos_embed`: the default position embedding
-POSEMBS = (SINUSOID, *posemb.KINDS)
 
 
 class Attention(nn.Module):
