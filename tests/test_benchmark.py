@@ -106,3 +106,19 @@ def test_data_benchmark_measures_the_input_wait_of_training(tmp_path):
 def test_data_benchmark_names_a_missing_folder(tmp_path):
   with pytest.raises(SystemExit, match=r"error: image folder .*nowhere does not exist"):
     bench.main(["data", "--dataset", f"folder:{tmp_path / 'nowhere'}"])
+
+
+@pytest.mark.parametrize("model", sorted(timm_side.TIMM_NAMES))
+def test_each_timm_counterpart_has_our_parameter_count(model):
+  """The timm model a comparison times is the same size as ours (1000 classes, 224 px)."""
+  torch = pytest.importorskip("torch")
+  if timm_side.unavailable_reason(model):
+    pytest.skip(timm_side.unavailable_reason(model))
+  import timm
+
+  from vit_jax.models import registry
+
+  with torch.device("meta"):  # shapes only: no memory for ViT-H's weights
+    net = timm.create_model(timm_side.TIMM_NAMES[model], pretrained=False, num_classes=1000)
+  theirs = sum(p.numel() for p in net.parameters())
+  assert theirs == registry.param_count(registry.section(model), 1000, 224)

@@ -1,4 +1,7 @@
-"""The same-size ViT from timm (PyTorch), timed like ours, when torch and timm are installed.
+"""The same-size model from timm (PyTorch), timed like ours, when torch and timm are installed.
+
+ViT, the ResNet+ViT hybrids, Mixer and TNT have timm counterparts with the same parameter
+count (tested where timm is installed); T2T-ViT has none.
 
 Neither is a dependency of vit_jax: without them the comparison is skipped with the reason.
 """
@@ -7,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-# Our preset name -> timm's model of the same architecture.
+# Our preset name -> timm's model of the same architecture and size.
 TIMM_NAMES = {
     "ViT-Ti/16": "vit_tiny_patch16_224",
     "ViT-S/16": "vit_small_patch16_224",
@@ -16,6 +19,13 @@ TIMM_NAMES = {
     "ViT-L/16": "vit_large_patch16_224",
     "ViT-L/32": "vit_large_patch32_224",
     "ViT-H/14": "vit_huge_patch14_224",
+    "R26+ViT-S/32": "vit_small_r26_s32_224",
+    "R50+ViT-B/16": "vit_base_r50_s16_224",
+    "Mixer-S/16": "mixer_s16_224",
+    "Mixer-B/16": "mixer_b16_224",
+    "Mixer-L/16": "mixer_l16_224",
+    "TNT-S": "tnt_s_patch16_224",
+    "TNT-B": "tnt_b_patch16_224",
 }
 
 
