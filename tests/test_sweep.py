@@ -129,6 +129,8 @@ def test_markdown_cells_are_mean_and_sample_std_over_seeds():
   assert f"| learn1d | {cell} |" in text
   assert "| none | n/a |" in text
   assert "3 of 4 runs finished" in text
+  one = results.markdown(rows[:1], runs, [table])  # one seed has no spread to show
+  assert "| learn1d | 0.9000 / 0.8000 (n=1) |" in one
 
 
 @pytest.mark.parametrize("overrides,name,flags", [

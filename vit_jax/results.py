@@ -45,7 +45,7 @@ def _fmt(values: list[float] | None) -> str:
   if not values:
     return "n/a"
   mean, std = mean_std(values)
-  return f"{mean:.4f} ± {std:.4f}"
+  return f"{mean:.4f} ± {std:.4f}" if len(values) > 1 else f"{mean:.4f}"  # one seed: no spread
 
 
 def markdown(rows: list[dict[str, Any]], runs: list[dict[str, Any]],
@@ -55,7 +55,7 @@ def markdown(rows: list[dict[str, Any]], runs: list[dict[str, Any]],
   shot = shots[-1] if shots else None
   lines = ["# Sweep results", "",
            f"{len(rows)} of {len(runs)} runs finished. Each cell: mean ± sample standard deviation "
-           "over seeds of the final `eval/accuracy`" +
+           "over seeds (the mean alone for one seed) of the final `eval/accuracy`" +
            (f", then of `{shot}`" if shot else "") + "; n is the number of seeds.", ""]
   for table in tables:
     where = table.get("where", {})
