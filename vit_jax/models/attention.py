@@ -94,7 +94,7 @@ def attention_fn(implementation: str, dtype: Any,
           attn_weights_value_einsum=_weighted_values)
     if dropout_rate > 0 and not deterministic:
       raise ValueError(f"attention '{impl}' has no attention dropout; use attention=plain")
-    if bias is not None:
+    if bias is not None and impl == "cudnn":  # XLA adds a float32 bias to its float32 logits
       bias = bias.astype(query.dtype)
     return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
                                         implementation=impl)

@@ -218,7 +218,9 @@ def relative_bias(table: jax.Array) -> Callable[[jax.Array], jax.Array]:
   """
 
   def bias(query: jax.Array) -> jax.Array:
-    scale = jnp.sqrt(query.shape[-1]).astype(query.dtype)
-    return jnp.einsum("bqhd,qkd->bhqk", query, table.astype(query.dtype)) / scale
+    # Accumulated and returned in float32, like the q.k logits it is added to.
+    scale = jnp.sqrt(jnp.float32(query.shape[-1]))
+    return jnp.einsum("bqhd,qkd->bhqk", query, table.astype(query.dtype),
+                      preferred_element_type=jnp.float32) / scale
 
   return bias
