@@ -15,7 +15,7 @@ def reference(q, k, v):
   return np.einsum("bhqk,bkhd->bqhd", w / w.sum(-1, keepdims=True), v)
 
 
-@pytest.mark.parametrize("implementation", ["plain", "xla", "auto"])
+@pytest.mark.parametrize("implementation", ["plain", "xla", "heads_first", "auto"])
 def test_every_implementation_is_softmax_attention(implementation):
   rng = np.random.default_rng(0)
   q, k, v = (rng.normal(size=(2, 5, 3, 8)).astype(np.float32) for _ in range(3))
@@ -41,12 +41,13 @@ def test_plain_attention_in_bfloat16_takes_its_softmax_in_float32_like_xla(posem
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("implementation", ["xla", "heads_first"])
 @pytest.mark.parametrize("posemb,pool", [("learn1d", "token"), ("relative", "token"),
                                          ("sincos2d", "gap")])
-def test_fused_model_matches_plain_model_in_outputs_and_gradients(posemb, pool):
+def test_fused_model_matches_plain_model_in_outputs_and_gradients(posemb, pool, implementation):
   images = jax.random.normal(jax.random.key(1), (3, 8, 12, 1))
   plain = VisionTransformer(**TINY, posemb=posemb, pool=pool, attention="plain")
-  fused = VisionTransformer(**TINY, posemb=posemb, pool=pool, attention="xla")
+  fused = VisionTransformer(**TINY, posemb=posemb, pool=pool, attention=implementation)
   params = plain.init(jax.random.key(0), images)["params"]
   # A non-zero head, so the gradients reach every layer.
   params["head"]["kernel"] = jax.random.normal(jax.random.key(2), params["head"]["kernel"].shape)
@@ -64,8 +65,9 @@ def test_fused_model_matches_plain_model_in_outputs_and_gradients(posemb, pool):
     np.testing.assert_allclose(b, a, atol=1e-5 * scale, rtol=0)
 
 
-def test_auto_takes_cudnn_only_on_gpu_in_half_precision(monkeypatch):
-  assert attention.resolve("auto", jnp.bfloat16) == "xla"  # this is a CPU
+def test_auto_takes_cudnn_only_on_gpu_in_half_precision_and_heads_first_on_cpu(monkeypatch):
+  assert attention.resolve("auto", jnp.bfloat16) == "heads_first"  # this is a CPU
+  assert attention.resolve("auto", jnp.float32, has_bias=True) == "heads_first"
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   assert attention.resolve("auto", jnp.bfloat16) == "cudnn"
   assert attention.resolve("auto", jnp.float32) == "xla"
@@ -73,8 +75,9 @@ def test_auto_takes_cudnn_only_on_gpu_in_half_precision(monkeypatch):
 
 
 @pytest.mark.parametrize("implementation,dropout,message", [
-    ("flash", 0.0, "attention 'flash' is not one of auto, plain, xla, cudnn"),
+    ("flash", 0.0, "attention 'flash' is not one of auto, plain, xla, cudnn, heads_first"),
     ("xla", 0.1, "attention 'xla' has no dropout on attention weights"),
+    ("heads_first", 0.1, "attention 'heads_first' has no dropout on attention weights"),
     ("plain", 0.1, None),
     ("auto", 0.0, None),
 ])
@@ -112,3 +115,33 @@ def test_cudnn_matches_plain_in_bfloat16():
   out = attention.attention_fn("cudnn", jnp.bfloat16)(q, k, v, deterministic=True)
   expected = reference(*(np.asarray(a, np.float32) for a in (q, k, v)))
   np.testing.assert_allclose(np.asarray(out, np.float32), expected, atol=2e-2)
+
+
+@pytest.mark.parametrize("posemb", ["learn1d", "relative"])
+def test_heads_first_module_has_flax_attentions_parameters_and_initial_values(posemb):
+  images = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+  ours = VisionTransformer(**TINY, posemb=posemb, attention="heads_first")
+  flax_ = VisionTransformer(**TINY, posemb=posemb, attention="plain")
+  p_ours = ours.init(jax.random.key(0), images)["params"]
+  p_flax = flax_.init(jax.random.key(0), images)["params"]
+  assert jax.tree.structure(p_ours) == jax.tree.structure(p_flax)
+  for a, b in zip(jax.tree.leaves(p_ours), jax.tree.leaves(p_flax), strict=True):
+    assert a.shape == b.shape
+    np.testing.assert_array_equal(a, b)
+  block = p_ours["Transformer"]["encoderblock_0"]["MultiHeadDotProductAttention_1"]
+  assert float(np.abs(block["query"]["kernel"]).max()) > 0  # drawn, not zero
+
+
+def test_heads_first_block_in_bfloat16_matches_plain_within_bfloat16_rounding():
+  images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  size = dict(num_classes=10, patch_size=4, hidden_size=64, num_layers=4, num_heads=4,
+              mlp_dim=128, dtype=jnp.bfloat16)
+  plain = VisionTransformer(**size, attention="plain")
+  params = plain.init(jax.random.key(0), images)["params"]
+  params["head"]["kernel"] = jax.random.normal(jax.random.key(2), params["head"]["kernel"].shape)
+  exact = VisionTransformer(**{**size, "dtype": jnp.float32}).apply({"params": params}, images)
+  ours = VisionTransformer(**size, attention="heads_first").apply({"params": params}, images)
+  theirs = plain.apply({"params": params}, images)
+  # Both round differently, so each is held to the error plain attention makes in bfloat16.
+  bound = float(np.abs(np.asarray(theirs) - np.asarray(exact)).max())
+  assert float(np.abs(np.asarray(ours) - np.asarray(exact)).max()) < 1.5 * bound

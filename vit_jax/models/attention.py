@@ -2,12 +2,18 @@
 
 `plain` is Flax's own einsum-softmax-einsum (the only one with dropout on attention weights).
 `xla` and `cudnn` call `jax.nn.dot_product_attention` with that implementation: on GPU, `cudnn`
-is the fused flash-attention kernel (bfloat16/float16 only). `auto` takes `cudnn` on a GPU with a
-half-precision compute dtype and `xla` elsewhere.
+is the fused flash-attention kernel (bfloat16/float16 only). `heads_first` (`SelfAttention`)
+computes q, k and v with one matrix product and attends with heads as a leading batch axis, so
+that every product, forward and backward, is a batched matrix product whose batch axes lead:
+XLA:CPU then runs them without the layout copies the tokens-major layout costs (a ViT-Ti/16
+block's attention, forward and backward: 24 ms with `xla`, 15 ms, on a 2-core CPU). `auto`
+takes `cudnn` on a GPU with a half-precision compute dtype, `heads_first` on a CPU and `xla`
+elsewhere. All compute the same function with the same parameters.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("auto", "plain", "xla", "cudnn")
+IMPLEMENTATIONS = ("auto", "plain", "xla", "cudnn", "heads_first")
 HALF = (jnp.bfloat16, jnp.float16)
 
 
@@ -52,8 +58,10 @@ def resolve(implementation: str, dtype: Any, *, has_bias: bool = False) -> str:
   """
   if implementation != "auto":
     return implementation
-  gpu_half = jax.default_backend() == "gpu" and _half(dtype)
-  return "cudnn" if gpu_half and not has_bias else "xla"
+  backend = jax.default_backend()
+  if backend == "cpu":
+    return "heads_first"
+  return "cudnn" if backend == "gpu" and _half(dtype) and not has_bias else "xla"
 
 
 def _float32_logits(subscripts: str, query: jax.Array, key: jax.Array, **kwargs: Any) -> jax.Array:
@@ -69,7 +77,7 @@ def _weighted_values(subscripts: str, weights: jax.Array, value: jax.Array,
 
 def attention_fn(implementation: str, dtype: Any,
                  extra_bias: Callable[[jax.Array], jax.Array] | None = None) -> Callable:
-  """An `attention_fn` for nn.MultiHeadDotProductAttention.
+  """An `attention_fn` for nn.MultiHeadDotProductAttention (q, k, v of shape (B, T, H, d)).
 
   `extra_bias(query)` (optional) returns a (B, H, T, T) bias added to the scaled logits; the
   relative position embedding uses it.
@@ -94,9 +102,102 @@ def attention_fn(implementation: str, dtype: Any,
           attn_weights_value_einsum=_weighted_values)
     if dropout_rate > 0 and not deterministic:
       raise ValueError(f"attention '{impl}' has no attention dropout; use attention=plain")
+    if impl == "heads_first":
+      if mask is not None:
+        raise ValueError("attention 'heads_first' takes no mask; use attention=xla")
+      out = heads_first_attention(*(jnp.swapaxes(a, -2, -3) for a in (query, key, value)), bias)
+      return jnp.swapaxes(out, -2, -3)
     if bias is not None and impl == "cudnn":  # XLA adds a float32 bias to its float32 logits
       bias = bias.astype(query.dtype)
     return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
                                         implementation=impl)
 
   return attend
+
+
+def heads_first_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                          bias: jax.Array | None = None) -> jax.Array:
+  """softmax(q.k / sqrt(d) + bias) v for q, k, v of shape (..., heads, tokens, d).
+
+  Logits and softmax in float32; the unnormalised weights exp(logit - max) are rounded to the
+  values' dtype for the product, and the softmax's division is applied to its result: T x d
+  divisions instead of T x T, and one kernel fewer on each side of the product.
+  `bias` broadcasts against (..., heads, T, T).
+  """
+  logits = jnp.einsum("...qd,...kd->...qk", query, key, preferred_element_type=jnp.float32)
+  logits = logits * query.shape[-1] ** -0.5
+  if bias is not None:
+    logits = logits + bias
+  # The maximum only keeps exp() in range; it cancels in the value, so it takes no gradient.
+  weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+  out = jnp.einsum("...qk,...kd->...qd", weights.astype(value.dtype), value,
+                   preferred_element_type=jnp.float32)
+  return (out / weights.sum(axis=-1, keepdims=True)).astype(value.dtype)
+
+
+class _DenseParams(nn.Module):
+  """The kernel and bias of an nn.DenseGeneral (same names, shapes and initialisation).
+
+  Declares them without applying them: `SelfAttention` fuses the products itself.
+  """
+
+  in_shape: tuple[int, ...]
+  out_shape: tuple[int, ...]
+  kernel_init: Callable
+  bias_init: Callable
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self) -> tuple[jax.Array, jax.Array]:
+    fan_in, fan_out = math.prod(self.in_shape), math.prod(self.out_shape)
+
+    # DenseGeneral draws a kernel as the 2-D (fan_in, fan_out) matrix, and a bias flat.
+    def kernel_init(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+      return self.kernel_init(key, (fan_in, fan_out), dtype).reshape(shape)
+
+    def bias_init(key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+      return self.bias_init(key, (fan_out,), dtype).reshape(shape)
+
+    kernel = self.param("kernel", kernel_init, self.in_shape + self.out_shape, self.param_dtype)
+    bias = self.param("bias", bias_init, self.out_shape, self.param_dtype)
+    return kernel, bias
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention, `heads_first`, with nn.MultiHeadDotProductAttention's parameters.
+
+  `query`, `key`, `value` (kernels (D, heads, d), biases (heads, d)) and `out` (kernel
+  (heads, d, D), bias (D,)) are named, shaped and initialised as Flax's module does, so either
+  module reads the other's checkpoints. `extra_bias(query)` (optional) is called with the
+  tokens-major query (B, T, heads, d) and returns a (B, heads, T, T) logit bias.
+  """
+
+  num_heads: int
+  kernel_init: Callable = nn.initializers.xavier_uniform()
+  bias_init: Callable = nn.initializers.zeros_init()
+  extra_bias: Callable[[jax.Array], jax.Array] | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    width = x.shape[-1]
+    if width % self.num_heads:
+      raise ValueError(f"width {width} is not a multiple of num_heads {self.num_heads}")
+    heads = (self.num_heads, width // self.num_heads)
+    init = dict(kernel_init=self.kernel_init, bias_init=self.bias_init,
+                param_dtype=self.param_dtype)
+    qkv = [_DenseParams((width,), heads, name=n, **init)() for n in ("query", "key", "value")]
+    out_kernel, out_bias = _DenseParams(heads, (width,), name="out", **init)()
+    kernel = jnp.concatenate([k.reshape(width, -1) for k, _ in qkv], axis=1)
+    bias = jnp.concatenate([b.reshape(-1) for _, b in qkv])
+    x, kernel, bias, out_kernel, out_bias = (
+        a.astype(self.dtype) for a in (x, kernel, bias, out_kernel, out_bias))
+    lead = x.shape[:-1]  # (..., T)
+    y = (jnp.dot(x, kernel) + bias).reshape(*lead, 3, *heads)
+    # (..., T, 3, heads, d) -> (3, ..., heads, T, d): one layout copy for q, k and v together.
+    y = jnp.moveaxis(y, (-3, -2), (0, -3))
+    q, k, v = y[0], y[1], y[2]
+    bias_qk = None if self.extra_bias is None else self.extra_bias(jnp.swapaxes(q, -2, -3))
+    y = jnp.swapaxes(heads_first_attention(q, k, v, bias_qk), -2, -3)  # (..., T, heads, d)
+    return jnp.dot(y.reshape(*lead, width), out_kernel.reshape(width, width)) + out_bias

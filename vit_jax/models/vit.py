@@ -56,16 +56,20 @@ class EncoderBlock(nn.Module):
                                        self.num_prefix, self.param_dtype, name="relative_posemb")()
       bias = posemb.relative_bias(table)
     y = nn.LayerNorm(epsilon=self.layernorm_epsilon, name="LayerNorm_0", **dt)(x)
-    y = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads,
-        kernel_init=nn.initializers.xavier_uniform(),
-        broadcast_dropout=False,
-        dropout_rate=self.attention_dropout,
-        deterministic=not train,
-        attention_fn=attention.attention_fn(self.attention, self.dtype, bias),
-        name="MultiHeadDotProductAttention_1",
-        **dt,
-    )(y, y)
+    if attention.resolve(self.attention, self.dtype, has_bias=bias is not None) == "heads_first":
+      y = attention.SelfAttention(num_heads=self.num_heads, extra_bias=bias,
+                                  name="MultiHeadDotProductAttention_1", **dt)(y)
+    else:
+      y = nn.MultiHeadDotProductAttention(
+          num_heads=self.num_heads,
+          kernel_init=nn.initializers.xavier_uniform(),
+          broadcast_dropout=False,
+          dropout_rate=self.attention_dropout,
+          deterministic=not train,
+          attention_fn=attention.attention_fn(self.attention, self.dtype, bias),
+          name="MultiHeadDotProductAttention_1",
+          **dt,
+      )(y, y)
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
     x = x + droppath.DropPath(rate)(y, train)
     y = nn.LayerNorm(epsilon=self.layernorm_epsilon, name="LayerNorm_2", **dt)(x)
