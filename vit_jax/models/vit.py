@@ -278,7 +278,7 @@ DEFAULTS: dict[str, Any] = {
     "drop_path": 0.0,  # stochastic depth of the last block (linear from 0 at the first)
     "head_bias_init": 0.0,
     "dtype": "float32",  # compute dtype; parameters are always float32
-    "attention": "auto",  # auto | plain | xla | cudnn (vit_jax.models.attention)
+    "attention": "auto",  # auto | plain | xla | cudnn | heads_first (vit_jax.models.attention)
     "gelu": "tanh",  # tanh (the original's approximation) | exact (erf, as PyTorch and timm)
     "layernorm_epsilon": 1e-6,  # of every LayerNorm
     "remat": "none",  # none | full | dots | dots_no_batch: activations recomputed in backward
