@@ -42,7 +42,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models import droppath, inputs, posemb, vit
+from vit_jax.models import attention, droppath, inputs, posemb, vit
 from vit_jax.models.family import FEATURES, Family
 from vit_jax.models.mlp import GELUS
 from vit_jax.models.t2t_tokens import (  # noqa: F401  (re-exported: the family's API)
@@ -79,14 +79,16 @@ class Attention(nn.Module):
     head_dim = width // self.num_heads
     heads = (*x.shape[:-1], self.num_heads, head_dim)
     qkv = dense(3 * width, "qkv", self.dtype, self.param_dtype, use_bias=False)(x)
-    q, k, v = (qkv[..., i * width:(i + 1) * width].reshape(heads) for i in range(3))
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    logits = logits * head_dim**-0.5
+    # (B, T, 3, heads, d) -> (3, B, heads, T, d): heads first (vit_jax.models.attention).
+    qkv = jnp.moveaxis(qkv.reshape(*x.shape[:-1], 3, *heads[-2:]), (-3, -2), (0, -3))
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    bias = None
     if self.relative_grid is not None:  # the class token is the one prefix token
-      logits = logits + posemb.relative_bias(posemb.RelativeEmbedding(
-          self.relative_grid, head_dim, 1, self.param_dtype, name="relative_posemb")())(q)
-    weights = jax.nn.softmax(logits, axis=-1)
-    y = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v).reshape(x.shape)
+      bias = posemb.relative_bias(posemb.RelativeEmbedding(
+          self.relative_grid, head_dim, 1, self.param_dtype, name="relative_posemb")())(
+              jnp.swapaxes(q, -2, -3))
+    y = attention.heads_first_attention(q, k, v, bias)
+    y = jnp.swapaxes(y, -2, -3).reshape(x.shape)
     y = dense(width, "proj", self.dtype, self.param_dtype)(y)
     return nn.Dropout(self.dropout, deterministic=not train)(y)
 

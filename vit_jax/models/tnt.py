@@ -45,7 +45,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax.models import droppath, inputs, posemb, stack
+from vit_jax.models import attention, droppath, inputs, posemb, stack
 from vit_jax.models.family import FEATURES, Family
 from vit_jax.models.mlp import GELUS
 from vit_jax.models.torch_layers import TRUNC, Mlp
@@ -84,15 +84,17 @@ class Attention(nn.Module):
     head_dim = width // self.num_heads
     heads = (*x.shape[:-1], self.num_heads, head_dim)
     qk = nn.Dense(2 * width, use_bias=False, name="qk", **dense)(x)
-    q, k = qk[..., :width].reshape(heads), qk[..., width:].reshape(heads)
-    v = nn.Dense(width, use_bias=False, name="v", **dense)(x).reshape(heads)
-    logits = jnp.einsum("...qhd,...khd->...hqk", q, k, preferred_element_type=jnp.float32)
-    logits = logits * head_dim**-0.5
+    # (..., T, 2, heads, d) -> (2, ..., heads, T, d): heads first (vit_jax.models.attention).
+    qk = jnp.moveaxis(qk.reshape(*x.shape[:-1], 2, *heads[-2:]), (-3, -2), (0, -3))
+    q, k = qk[0], qk[1]
+    v = jnp.swapaxes(nn.Dense(width, use_bias=False, name="v", **dense)(x).reshape(heads), -2, -3)
+    bias = None
     if self.relative_grid is not None:  # outer tokens only: the class token is the one prefix
-      logits = logits + posemb.relative_bias(posemb.RelativeEmbedding(
-          self.relative_grid, head_dim, 1, self.param_dtype, name="relative_posemb")())(q)
-    weights = jax.nn.softmax(logits, axis=-1)
-    y = jnp.einsum("...hqk,...khd->...qhd", weights.astype(v.dtype), v).reshape(x.shape)
+      bias = posemb.relative_bias(posemb.RelativeEmbedding(
+          self.relative_grid, head_dim, 1, self.param_dtype, name="relative_posemb")())(
+              jnp.swapaxes(q, -2, -3))
+    y = attention.heads_first_attention(q, k, v, bias)
+    y = jnp.swapaxes(y, -2, -3).reshape(x.shape)
     y = nn.Dense(width, name="proj", **dense)(y)
     return nn.Dropout(self.dropout, deterministic=not train)(y)
 
