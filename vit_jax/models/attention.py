@@ -115,6 +115,14 @@ def attention_fn(implementation: str, dtype: Any,
   return attend
 
 
+def heads_first_parts(packed: jax.Array) -> jax.Array:
+  """(..., T, parts, heads, d) projections -> (parts, ..., heads, T, d), in one layout copy.
+
+  `packed` is a fused projection (q, k, v side by side) reshaped; index the result for q, k, v.
+  """
+  return jnp.moveaxis(packed, (-3, -2), (0, -3))
+
+
 def heads_first_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                           bias: jax.Array | None = None) -> jax.Array:
   """softmax(q.k / sqrt(d) + bias) v for q, k, v of shape (..., heads, tokens, d).
@@ -194,10 +202,7 @@ class SelfAttention(nn.Module):
     x, kernel, bias, out_kernel, out_bias = (
         a.astype(self.dtype) for a in (x, kernel, bias, out_kernel, out_bias))
     lead = x.shape[:-1]  # (..., T)
-    y = (jnp.dot(x, kernel) + bias).reshape(*lead, 3, *heads)
-    # (..., T, 3, heads, d) -> (3, ..., heads, T, d): one layout copy for q, k and v together.
-    y = jnp.moveaxis(y, (-3, -2), (0, -3))
-    q, k, v = y[0], y[1], y[2]
+    q, k, v = heads_first_parts((jnp.dot(x, kernel) + bias).reshape(*lead, 3, *heads))
     bias_qk = None if self.extra_bias is None else self.extra_bias(jnp.swapaxes(q, -2, -3))
     y = jnp.swapaxes(heads_first_attention(q, k, v, bias_qk), -2, -3)  # (..., T, heads, d)
     return jnp.dot(y.reshape(*lead, width), out_kernel.reshape(width, width)) + out_bias

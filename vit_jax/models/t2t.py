@@ -79,9 +79,7 @@ class Attention(nn.Module):
     head_dim = width // self.num_heads
     heads = (*x.shape[:-1], self.num_heads, head_dim)
     qkv = dense(3 * width, "qkv", self.dtype, self.param_dtype, use_bias=False)(x)
-    # (B, T, 3, heads, d) -> (3, B, heads, T, d): heads first (vit_jax.models.attention).
-    qkv = jnp.moveaxis(qkv.reshape(*x.shape[:-1], 3, *heads[-2:]), (-3, -2), (0, -3))
-    q, k, v = qkv[0], qkv[1], qkv[2]
+    q, k, v = attention.heads_first_parts(qkv.reshape(*x.shape[:-1], 3, *heads[-2:]))
     bias = None
     if self.relative_grid is not None:  # the class token is the one prefix token
       bias = posemb.relative_bias(posemb.RelativeEmbedding(

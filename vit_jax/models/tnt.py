@@ -84,9 +84,7 @@ class Attention(nn.Module):
     head_dim = width // self.num_heads
     heads = (*x.shape[:-1], self.num_heads, head_dim)
     qk = nn.Dense(2 * width, use_bias=False, name="qk", **dense)(x)
-    # (..., T, 2, heads, d) -> (2, ..., heads, T, d): heads first (vit_jax.models.attention).
-    qk = jnp.moveaxis(qk.reshape(*x.shape[:-1], 2, *heads[-2:]), (-3, -2), (0, -3))
-    q, k = qk[0], qk[1]
+    q, k = attention.heads_first_parts(qk.reshape(*x.shape[:-1], 2, *heads[-2:]))
     v = jnp.swapaxes(nn.Dense(width, use_bias=False, name="v", **dense)(x).reshape(heads), -2, -3)
     bias = None
     if self.relative_grid is not None:  # outer tokens only: the class token is the one prefix
