@@ -455,12 +455,22 @@ def test_sigterm_in_a_distributed_run_saves_and_exits_75(tmp_path):
         [sys.executable, "-m", "vit_jax.main", "--config", "configs/quickstart.py", "--workdir",
          str(workdir), *TINY, "--config.total_steps=100000", "--config.checkpoint_every=100000",
          f"--coordinator_address=127.0.0.1:{port}", "--num_processes=1", "--process_id=0"],
-        cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"})
     deadline = time.time() + 240
     while time.time() < deadline and "step 2/" not in log.read_text():
       time.sleep(0.2)
+    if "step 2/" not in log.read_text():
+      proc.kill()
+      proc.wait()
+      pytest.fail("no step 2 within 240 s; the run printed:\n" + log.read_text()[-3000:])
     proc.send_signal(signal.SIGTERM)
-    status = proc.wait(timeout=120)
+    try:
+      status = proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:  # SIGABRT makes Python dump every thread's stack
+      proc.send_signal(signal.SIGABRT)
+      proc.wait()
+      pytest.fail("no exit within 120 s of SIGTERM; the run printed:\n" + log.read_text()[-6000:])
   text = log.read_text()
   assert status == 75, text[-2000:]
   stopped = re.search(r"Stopped by SIGTERM at step (\d+); its checkpoint is committed", text)

@@ -122,3 +122,18 @@ def test_host_copy_of_local_arrays():
   tree = {"a": jax.numpy.arange(4.0), "b": np.ones(2)}
   copied = multihost.host_copy(tree)
   assert isinstance(copied["a"], np.ndarray) and copied["a"].tolist() == [0, 1, 2, 3]
+
+
+def test_sigterm_during_start_up_ends_a_joined_process(tmp_path):
+  # JAX's preemption notifier takes SIGTERM on joining and only records it; before the trainer
+  # installs its handler, a SIGTERM must end the process as it does without a coordinator.
+  script = ("import os, signal, time\n"
+            "from vit_jax.train import multihost\n"
+            f"multihost.initialize('on', '127.0.0.1:{free_port()}', 1, 0)\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "time.sleep(30)\n"
+            "print('still running')\n")
+  result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == -signal.SIGTERM, result.stdout + result.stderr
+

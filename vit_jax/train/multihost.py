@@ -8,6 +8,8 @@ explicitly (`--coordinator_address=host:port --num_processes=N --process_id=i`).
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -48,8 +50,14 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None,
   if mode == "off" or (mode == "auto" and coordinator_address is None
                        and not launched_as_cluster(env)):
     return False
+  before = signal.getsignal(signal.SIGTERM)
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id)
+  # JAX's preemption notifier now holds SIGTERM and only records it: a SIGTERM during start-up
+  # (data loading, compilation) would be lost and the run go on. Until the trainer installs its
+  # own handler, SIGTERM ends the process as it does without a coordinator.
+  if before is not None and threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, before)
   return True
 
 
