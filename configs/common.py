@@ -73,6 +73,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1  # -1: all devices not used by fsdp
   c.mesh.fsdp = 1
   c.mesh.fsdp_min_size = 2**14  # tensors with fewer elements stay replicated
+  c.infer_chunk = 0  # images per forward pass and device in evaluation and few-shot; 0: auto
+  #                    (a CPU: as many as fit its cache; a GPU or TPU: the whole batch)
   # Logging and checkpoints.
   c.log_every = 50
   c.eval_every = 1000  # 0: only at the end

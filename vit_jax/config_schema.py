@@ -97,6 +97,7 @@ SCHEMA: dict[str, Field] = {
     "mesh.data": Field(INT, see="sharding.mesh_shape"),
     "mesh.fsdp": Field(INT, see="sharding.mesh_shape"),
     "mesh.fsdp_min_size": Field(INT, AT_LEAST_0),
+    "infer_chunk": Field(INT, AT_LEAST_0),
     # Logging and checkpoints.
     "log_every": Field(INT, POSITIVE),
     "eval_every": Field(INT, AT_LEAST_0),

@@ -48,6 +48,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--accum_steps", type=int, default=1)
   p.add_argument("--fsdp", type=int, default=1, help="devices along the fsdp mesh axis")
   p.add_argument("--moment_dtype", default="float32", choices=["float32", "bfloat16"])
+  p.add_argument("--infer_chunk", type=_at_least(0), default=0,
+                 help="--mode infer: images per forward pass and device; 0: auto, as training "
+                      "runs' evaluation (a CPU: cache-sized chunks; else the whole batch)")
   p.add_argument("--warmup", type=_at_least(0), default=3,
                  help="untimed steps after compilation")
   p.add_argument("--steps", type=_at_least(1), default=10, help="timed steps")
@@ -67,7 +70,8 @@ def run(args: argparse.Namespace) -> dict:
                         image_size=args.image_size, num_classes=args.num_classes,
                         dtype=args.dtype, attention=args.attention, remat=args.remat,
                         scan_layers=args.scan_layers, accum_steps=args.accum_steps,
-                        fsdp=args.fsdp, moment_dtype=args.moment_dtype)
+                        fsdp=args.fsdp, moment_dtype=args.moment_dtype,
+                        infer_chunk=args.infer_chunk)
   devices = jax.devices()
   problem = measure.check(setup, len(devices))
   if problem:
@@ -77,6 +81,9 @@ def run(args: argparse.Namespace) -> dict:
   result = {**vars(setup), "devices": len(devices), "device_kind": kind,
             "compile_s": round(compile_s, 2),
             "planned_memory_bytes": measure.compiled_memory_bytes(compiled)}
+  if setup.mode == "infer":
+    per_pass = measure.images_per_pass(setup)
+    result["images_per_pass"] = min(per_pass or setup.batch, setup.batch // len(devices))
   if args.compile_only:
     return result
   times = measure.time_steps(setup, compiled, step_args, warmup=args.warmup, steps=args.steps)

@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 
 from vit_jax.models import registry
-from vit_jax.train import optim, sharding
+from vit_jax.train import chunks, optim, sharding
 from vit_jax.train import step as step_lib
 
 
@@ -32,6 +32,7 @@ class Setup:
   fsdp: int = 1
   moment_dtype: str = "float32"
   input_dtype: str = "float32"  # float32 (in [-1, 1]) | uint8 (what the input pipelines give)
+  infer_chunk: int = 0  # inference: images per forward pass and device; 0: auto (as in runs)
 
 
 # The benchmark's flags for the config keys that the model's checks name.
@@ -122,7 +123,9 @@ def compile_step(setup: Setup) -> tuple[Any, tuple[Any, ...], float]:
     args = (state, {"image": images, "label": labels,
                     "mask": jax.device_put(np.ones(setup.batch, np.float32), batch_sh)})
   elif setup.mode == "infer":
-    fn = jax.jit(lambda params, x: model.apply({"params": params}, x),
+    per_pass = images_per_pass(setup, model)
+    fn = jax.jit(lambda params, x: chunks.sharded_apply(
+        lambda part: model.apply({"params": params}, part), x, per_pass, mesh.size),
                  in_shardings=(state_sh.params, batch_sh))
     args = (state.params, images)
   else:
@@ -130,6 +133,14 @@ def compile_step(setup: Setup) -> tuple[Any, tuple[Any, ...], float]:
   start = time.perf_counter()
   compiled = fn.lower(*args).compile()
   return compiled, args, time.perf_counter() - start
+
+
+def images_per_pass(setup: Setup, model: Any = None) -> int | None:
+  """Images per inference pass and device (None: the whole batch), as a training run's
+  evaluation would choose them (`vit_jax.train.chunks`)."""
+  model = model or registry.build(model_section(setup), setup.num_classes)
+  return chunks.images_per_pass(setup.infer_chunk, model, (setup.image_size,) * 2 + (3,),
+                                jax.default_backend())
 
 
 def compiled_memory_bytes(compiled: Any) -> int | None:

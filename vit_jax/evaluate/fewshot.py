@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from vit_jax.models.family import FEATURES
+from vit_jax.train import chunks
 
 
 def ridge_fit(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, np.ndarray]:
@@ -57,13 +58,19 @@ def fewshot_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
   return result
 
 
-def make_feature_step(model: nn.Module) -> Callable[[Any, dict], dict]:
-  """Returns f(params, batch) -> {"features", "label", "mask"} using the sown features."""
+def make_feature_step(model: nn.Module, images_per_pass: int | None = None,
+                      devices: int = 1) -> Callable[[Any, dict], dict]:
+  """Returns f(params, batch) -> {"features", "label", "mask"} using the sown features.
+
+  Forward passes of at most `images_per_pass` images per device, as in the evaluation step.
+  """
 
   def step(params: Any, batch: dict) -> dict:
-    _, state = model.apply({"params": params}, batch["image"], train=False,
-                           mutable=["intermediates"])
-    features = state["intermediates"][FEATURES][0].astype("float32")
+    def features_of(images: jax.Array) -> jax.Array:
+      _, state = model.apply({"params": params}, images, train=False, mutable=["intermediates"])
+      return state["intermediates"][FEATURES][0].astype("float32")
+
+    features = chunks.sharded_apply(features_of, batch["image"], images_per_pass, devices)
     return {"features": features, "label": batch["label"], "mask": batch["mask"]}
 
   return step

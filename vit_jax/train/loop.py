@@ -23,7 +23,7 @@ from vit_jax.evaluate.classification import evaluate
 from vit_jax.io import layers, posemb_resize
 from vit_jax.io.pretrained import Pretrained
 from vit_jax.models import registry
-from vit_jax.train import mix, multihost, optim, sharding
+from vit_jax.train import chunks, mix, multihost, optim, sharding
 from vit_jax.train import step as step_lib
 from vit_jax.train.checkpoint import Checkpointer
 from vit_jax.train.metrics import LOGGER, MetricWriter
@@ -239,11 +239,16 @@ def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = N
                                                    config.get("mix_switch_prob", 0.5)),
                                grad_shardings=param_sh, skip_nonfinite=nonfinite == "skip"),
       in_shardings=(state_sh, where.batch), out_shardings=(state_sh, repl), donate_argnums=0)
+  per_pass = chunks.images_per_pass(
+      config.get("infer_chunk", 0), model,
+      (config.image_size, config.image_size, config.image_channels), jax.default_backend())
+  devices = where.mesh.size
   eval_step = multihost.one_at_a_time(jax.jit(
-      step_lib.make_eval_step(model, loss=config.loss), in_shardings=(param_sh, where.batch),
-      out_shardings=repl))
+      step_lib.make_eval_step(model, loss=config.loss, images_per_pass=per_pass,
+                              devices=devices),
+      in_shardings=(param_sh, where.batch), out_shardings=repl))
   feature_step = multihost.one_at_a_time(jax.jit(
-      fewshot.make_feature_step(model), in_shardings=(param_sh, where.batch),
+      fewshot.make_feature_step(model, per_pass, devices), in_shardings=(param_sh, where.batch),
       out_shardings=repl))
   place = where.place_batch
   finite = _FiniteCheck(nonfinite, logger)

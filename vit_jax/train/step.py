@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from vit_jax.io import layers
-from vit_jax.train import mix
+from vit_jax.train import chunks, mix
 
 LOSSES = ("softmax_xent", "sigmoid_xent")
 
@@ -152,11 +152,18 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
   return step
 
 
-def make_eval_step(model: nn.Module, *, loss: str) -> Callable:
-  """Returns eval(params, batch) -> masked sums {"loss", "correct", "count"} for the batch."""
+def make_eval_step(model: nn.Module, *, loss: str, images_per_pass: int | None = None,
+                   devices: int = 1) -> Callable:
+  """Returns eval(params, batch) -> masked sums {"loss", "correct", "count"} for the batch.
+
+  The forward pass runs in chunks of at most `images_per_pass` images per device (None: the
+  whole batch) for a batch split over `devices` (`vit_jax.train.chunks`).
+  """
 
   def step(params: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    logits = model.apply({"params": params}, batch["image"], train=False)
+    logits = chunks.sharded_apply(
+        lambda x: model.apply({"params": params}, x, train=False), batch["image"],
+        images_per_pass, devices)
     mask = batch["mask"]
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
     return {

@@ -1,0 +1,92 @@
+"""Inference in chunks: the same results as one pass, sizes from the model's shapes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax.evaluate import fewshot
+from vit_jax.models.vit import VisionTransformer
+from vit_jax.train import chunks, sharding
+from vit_jax.train.step import make_eval_step
+
+TINY = dict(num_classes=10, patch_size=4, hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64)
+
+
+def test_chunks_take_interleaved_images_and_restore_the_order():
+  images = jnp.arange(24.0).reshape(12, 2)
+  seen = []
+
+  def fn(part):
+    seen.append(part.shape)
+    return {"sum": part.sum(-1), "first": part[:, 0]}
+
+  out = chunks.apply(fn, images, 3)
+  assert seen == [(4, 2)]  # traced once, by lax.map, on one chunk
+  np.testing.assert_array_equal(out["sum"], images.sum(-1))
+  np.testing.assert_array_equal(out["first"], images[:, 0])
+  # Chunk j holds images j, j + 3, j + 6, j + 9: one of each device's share of 3 (4 devices).
+  centred = chunks.apply(lambda part: part - part.mean(0), images, 3)
+  host = np.asarray(images)
+  expected = np.empty_like(host)
+  for j in range(3):
+    expected[j::3] = host[j::3] - host[j::3].mean(0)
+  np.testing.assert_allclose(centred, expected)
+  with pytest.raises(ValueError, match="12 images cannot be split into 5 equal chunks"):
+    chunks.apply(fn, images, 5)
+
+
+@pytest.mark.parametrize("per_device,per_pass,expected", [
+    (8, None, 1), (8, 8, 1), (8, 16, 1), (8, 4, 2), (8, 3, 4), (12, 5, 3), (7, 2, 7), (32, 8, 4),
+])
+def test_count_is_the_fewest_even_chunks_of_at_most_per_pass(per_device, per_pass, expected):
+  assert chunks.count(per_device, per_pass) == expected
+
+
+def test_largest_activation_is_the_mlp_hidden_layer_per_image():
+  # ViT-Ti/16 at 224: 14 x 14 patches + the class token, MLP width 768.
+  ti = VisionTransformer(num_classes=1000, patch_size=16, hidden_size=192, num_layers=2,
+                         num_heads=3, mlp_dim=768)
+  assert chunks.largest_activation(ti, (224, 224, 3)) == 197 * 768
+  scanned = VisionTransformer(num_classes=1000, patch_size=16, hidden_size=192, num_layers=2,
+                              num_heads=3, mlp_dim=768, scan_layers=True)
+  assert chunks.largest_activation(scanned, (224, 224, 3)) == 197 * 768
+  assert chunks.images_per_pass(0, ti, (224, 224, 3), "cpu") == 1_250_000 // (197 * 768)
+  assert chunks.images_per_pass(0, ti, (224, 224, 3), "gpu") is None
+  assert chunks.images_per_pass(3, ti, (224, 224, 3), "gpu") == 3
+  with pytest.raises(ValueError, match="infer_chunk -1 is negative"):
+    chunks.images_per_pass(-1, ti, (224, 224, 3), "cpu")
+
+
+def _sharded_batch(n=32):
+  rng = np.random.default_rng(0)
+  host = {"image": rng.normal(size=(n, 8, 8, 1)).astype(np.float32),
+          "label": rng.integers(0, 10, size=n).astype(np.int32),
+          "mask": (np.arange(n) < n - 5).astype(np.float32)}
+  mesh = sharding.make_mesh()
+  return mesh, sharding.global_batch(host, mesh)
+
+
+def test_eval_and_feature_steps_in_chunks_equal_one_pass_on_a_sharded_batch():
+  model = VisionTransformer(**TINY)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+  mesh, batch = _sharded_batch()
+  devices = mesh.size
+  assert batch["image"].shape[0] // devices == 4  # 8 devices in the test session
+  whole = jax.jit(make_eval_step(model, loss="softmax_xent", devices=devices))(params, batch)
+  parts = jax.jit(make_eval_step(model, loss="softmax_xent", images_per_pass=1,
+                                 devices=devices))(params, batch)
+  for key in whole:
+    np.testing.assert_allclose(parts[key], whole[key], rtol=1e-6)
+  feats_whole = jax.jit(fewshot.make_feature_step(model))(params, batch)
+  feats_parts = jax.jit(fewshot.make_feature_step(model, 2, devices))(params, batch)
+  np.testing.assert_allclose(feats_parts["features"], feats_whole["features"], rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_array_equal(feats_parts["label"], feats_whole["label"])
+  # Chunks take images from every device's own share: the chunked pass moves no data.
+  compiled = jax.jit(lambda p, x: chunks.sharded_apply(
+      lambda part: model.apply({"params": p}, part), x, 2, devices)).lower(
+          params, batch["image"]).compile().as_text()
+  assert "while" in compiled  # the chunks' loop
+  for collective in ("all-gather", "all-to-all", "collective-permute", "all-reduce"):
+    assert collective not in compiled

@@ -1,0 +1,98 @@
+"""Inference over a batch in chunks: the forward pass of a large batch, cache-sized, on CPUs.
+
+On a CPU a forward pass over the whole batch streams activations that no longer fit in the
+cache, and small models then run markedly slower per image at batch 32 than at batch 8
+(docs/performance.md has the figures). Evaluation, few-shot features and the benchmark's
+inference therefore split each device's share of the batch into chunks of at most
+`images_per_pass` images and run them one after another inside the same compiled step
+(`jax.lax.map`). Each image's result is the
+same function of that image; only the grouping of rows in the matrix products changes.
+
+`auto` picks, on a CPU, the number of images whose largest activation (a module's output, e.g.
+the MLP's hidden layer) holds about `CACHE_ELEMENTS` float32 values; on GPUs and TPUs it keeps
+the whole batch, whose larger products run faster there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Float32 elements of the largest activation of one pass (5 MB): 8 images of ViT-Ti/16 at 224
+# (197 tokens x 768 MLP units), 4 of ViT-S/16, where this CPU's inference is fastest.
+CACHE_ELEMENTS = 1_250_000
+
+
+def largest_activation(model: nn.Module, image_shape: tuple[int, ...]) -> int:
+  """Elements per image of the largest output of any of `model`'s modules (shapes only).
+
+  `image_shape` is (height, width, channels). Nothing is computed: the model is traced at
+  batch 1 and 2, and each output's per-image size is what follows its batch axis (the first
+  that grows). A model with scanned layers is measured unscanned (the same activations; a scan
+  hides its layers' outputs).
+  """
+  if getattr(model, "scan_layers", False):
+    model = model.clone(scan_layers=False)
+  def outputs(batch: int) -> list[jax.ShapeDtypeStruct]:
+    images = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
+    variables = jax.eval_shape(
+        lambda x: model.init(jax.random.key(0), x, train=False, capture_intermediates=True,
+                             mutable=True), images)
+    return jax.tree.leaves(variables.get("intermediates", {}))
+
+  largest = 1
+  for one, two in zip(outputs(1), outputs(2), strict=True):
+    grown = [i for i, (a, b) in enumerate(zip(one.shape, two.shape, strict=True)) if a != b]
+    if grown:
+      largest = max(largest, math.prod(two.shape[grown[0]:]) // 2)
+  return largest
+
+
+def images_per_pass(setting: int, model: nn.Module, image_shape: tuple[int, ...],
+                    backend: str) -> int | None:
+  """Images per forward pass and device: `setting` when positive; for 0 (auto) the cache-sized
+  count on a CPU, None (the whole batch) elsewhere."""
+  if setting < 0:
+    raise ValueError(f"infer_chunk {setting} is negative; use 0 (auto) or images per pass")
+  if setting:
+    return setting
+  if backend != "cpu":
+    return None
+  return max(1, CACHE_ELEMENTS // largest_activation(model, image_shape))
+
+
+def count(per_device: int, per_pass: int | None) -> int:
+  """The fewest chunks that split `per_device` images evenly, with at most `per_pass` each."""
+  if not per_pass or per_pass >= per_device:
+    return 1
+  return next(k for k in range(-(-per_device // per_pass), per_device + 1) if per_device % k == 0)
+
+
+def apply(fn: Callable[[jax.Array], Any], images: jax.Array, chunks: int) -> Any:
+  """`fn(images)` computed as `chunks` passes, for an `fn` that treats images independently.
+
+  Chunk j takes images j, j + chunks, j + 2 * chunks ...: every device's contiguous share of a
+  batch-sharded array contributes equally to each chunk, so no image changes device. `chunks`
+  must divide each device's share (`count` gives such a number).
+  """
+  if chunks == 1:
+    return fn(images)
+  batch = images.shape[0]
+  if batch % chunks:
+    raise ValueError(f"a batch of {batch} images cannot be split into {chunks} equal chunks")
+  parts = images.reshape(batch // chunks, chunks, *images.shape[1:]).swapaxes(0, 1)
+  out = jax.lax.map(fn, parts)
+  return jax.tree.map(lambda y: y.swapaxes(0, 1).reshape(batch, *y.shape[2:]), out)
+
+
+def sharded_apply(fn: Callable[[jax.Array], Any], images: jax.Array, per_pass: int | None,
+                  devices: int) -> Any:
+  """`apply` with the chunk count for a batch split over `devices` (the whole batch: 1 chunk)."""
+  if images.shape[0] % devices:
+    return fn(images)
+  return apply(fn, images, count(images.shape[0] // devices, per_pass))
