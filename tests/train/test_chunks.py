@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from vit_jax.evaluate import fewshot
+from vit_jax.models import registry
 from vit_jax.models.vit import VisionTransformer
 from vit_jax.train import chunks, sharding
 from vit_jax.train.step import make_eval_step
@@ -52,10 +53,19 @@ def test_largest_activation_is_the_mlp_hidden_layer_per_image():
                               num_heads=3, mlp_dim=768, scan_layers=True)
   assert chunks.largest_activation(scanned, (224, 224, 3)) == 197 * 768
   assert chunks.images_per_pass(0, ti, (224, 224, 3), "cpu") == 1_250_000 // (197 * 768)
+  # At 384: 577 tokens, 2 images would fill the cache, but passes keep at least 4 images.
+  assert chunks.largest_activation(ti, (384, 384, 3)) == 577 * 768
+  assert chunks.images_per_pass(0, ti, (384, 384, 3), "cpu") == chunks.MIN_IMAGES == 4
   assert chunks.images_per_pass(0, ti, (224, 224, 3), "gpu") is None
   assert chunks.images_per_pass(3, ti, (224, 224, 3), "gpu") == 3
   with pytest.raises(ValueError, match="infer_chunk -1 is negative"):
     chunks.images_per_pass(-1, ti, (224, 224, 3), "cpu")
+
+
+def test_a_hybrids_resnet_feature_maps_do_not_count():
+  # R50+ViT-B/16: the stem's 112 x 112 x 64 maps are larger than any token activation.
+  hybrid = registry.build(registry.section("R50+ViT-B/16"), 1000)
+  assert chunks.largest_activation(hybrid, (224, 224, 3)) == 197 * 3072
 
 
 def _sharded_batch(n=32):

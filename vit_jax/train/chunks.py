@@ -5,12 +5,13 @@ cache, and small models then run markedly slower per image at batch 32 than at b
 (docs/performance.md has the figures). Evaluation, few-shot features and the benchmark's
 inference therefore split each device's share of the batch into chunks of at most
 `images_per_pass` images and run them one after another inside the same compiled step
-(`jax.lax.map`). Each image's result is the
-same function of that image; only the grouping of rows in the matrix products changes.
+(`jax.lax.map`). Each image's result is the same function of that image; only the grouping of
+rows in the matrix products changes.
 
-`auto` picks, on a CPU, the number of images whose largest activation (a module's output, e.g.
-the MLP's hidden layer) holds about `CACHE_ELEMENTS` float32 values; on GPUs and TPUs it keeps
-the whole batch, whose larger products run faster there.
+`auto` picks, on a CPU, the number of images whose largest token activation (a module's output
+of shape batch x tokens x features, e.g. the MLP's hidden layer) holds about `CACHE_ELEMENTS`
+float32 values, but at least `MIN_IMAGES`; on GPUs and TPUs it keeps the whole batch, whose
+larger products run faster there.
 """
 
 from __future__ import annotations
@@ -26,15 +27,19 @@ import jax.numpy as jnp
 # Float32 elements of the largest activation of one pass (5 MB): 8 images of ViT-Ti/16 at 224
 # (197 tokens x 768 MLP units), 4 of ViT-S/16, where this CPU's inference is fastest.
 CACHE_ELEMENTS = 1_250_000
+# Fewer images leave the matrix products too few rows (4 x 197 tokens at 224) to run at full
+# rate: measured slower for R50+ViT-B/16 (1 image) and T2T-ViT-14 (2 images) than one pass.
+MIN_IMAGES = 4
 
 
 def largest_activation(model: nn.Module, image_shape: tuple[int, ...]) -> int:
-  """Elements per image of the largest output of any of `model`'s modules (shapes only).
+  """Elements per image of the largest token activation of `model` (shapes only).
 
-  `image_shape` is (height, width, channels). Nothing is computed: the model is traced at
-  batch 1 and 2, and each output's per-image size is what follows its batch axis (the first
-  that grows). A model with scanned layers is measured unscanned (the same activations; a scan
-  hides its layers' outputs).
+  Token activations are the modules' outputs of rank 3 (batch, tokens, features; convolutions'
+  feature maps are not). `image_shape` is (height, width, channels). Nothing is computed: the
+  model is traced at batch 1 and 2, and each output's per-image size is what follows its batch
+  axis (the first that grows; TNT's inner tokens merge batch and patches). A model with scanned
+  layers is measured unscanned (the same activations; a scan hides its layers' outputs).
   """
   if getattr(model, "scan_layers", False):
     model = model.clone(scan_layers=False)
@@ -47,6 +52,8 @@ def largest_activation(model: nn.Module, image_shape: tuple[int, ...]) -> int:
 
   largest = 1
   for one, two in zip(outputs(1), outputs(2), strict=True):
+    if len(one.shape) != 3:
+      continue
     grown = [i for i, (a, b) in enumerate(zip(one.shape, two.shape, strict=True)) if a != b]
     if grown:
       largest = max(largest, math.prod(two.shape[grown[0]:]) // 2)
@@ -56,14 +63,14 @@ def largest_activation(model: nn.Module, image_shape: tuple[int, ...]) -> int:
 def images_per_pass(setting: int, model: nn.Module, image_shape: tuple[int, ...],
                     backend: str) -> int | None:
   """Images per forward pass and device: `setting` when positive; for 0 (auto) the cache-sized
-  count on a CPU, None (the whole batch) elsewhere."""
+  count (at least `MIN_IMAGES`) on a CPU, None (the whole batch) elsewhere."""
   if setting < 0:
     raise ValueError(f"infer_chunk {setting} is negative; use 0 (auto) or images per pass")
   if setting:
     return setting
   if backend != "cpu":
     return None
-  return max(1, CACHE_ELEMENTS // largest_activation(model, image_shape))
+  return max(MIN_IMAGES, CACHE_ELEMENTS // largest_activation(model, image_shape))
 
 
 def count(per_device: int, per_pass: int | None) -> int:
