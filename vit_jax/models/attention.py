@@ -132,8 +132,10 @@ def heads_first_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   divisions instead of T x T, and one kernel fewer on each side of the product.
   `bias` broadcasts against (..., heads, T, T).
   """
+  # Scaling the queries, not the (T x T) logits: XLA:CPU's library fusions take a scalar
+  # operand as a materialised array of the operand's shape, which is T / d times larger there.
+  query = query * jnp.asarray(query.shape[-1] ** -0.5, query.dtype)
   logits = jnp.einsum("...qd,...kd->...qk", query, key, preferred_element_type=jnp.float32)
-  logits = logits * query.shape[-1] ** -0.5
   if bias is not None:
     logits = logits + bias
   # The maximum only keeps exp() in range; it cancels in the value, so it takes no gradient.
