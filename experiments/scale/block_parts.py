@@ -1,0 +1,119 @@
+"""One encoder block, forward and backward, whole and in its two halves, against timm's block.
+
+    python experiments/scale/block_parts.py [--batch 8] [--width 192] [--heads 3] [--mlp 768]
+
+Times jitted gradients (parameters and input) of sum(f(x) * x) for: our `EncoderBlock`, its
+attention half (x + attention(LN(x))), its MLP half (x + MLP(LN(x))) and the two halves
+composed; and, where torch and timm are installed, timm's `Block` of the same sizes. Median of
+`--steps` calls, milliseconds. Setting XLA_FLAGS before running compares XLA:CPU options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.models import attention
+from vit_jax.models.mlp import MlpBlock
+from vit_jax.models.vit import EncoderBlock
+
+
+class AttentionHalf(nn.Module):
+  """x + attention(LN(x)), as in the block."""
+
+  heads: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    return x + attention.SelfAttention(num_heads=self.heads)(nn.LayerNorm(epsilon=1e-6)(x))
+
+
+class MlpHalf(nn.Module):
+  """x + MLP(LN(x)), as in the block."""
+
+  mlp: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    return x + MlpBlock(self.mlp)(nn.LayerNorm(epsilon=1e-6)(x), train=train)
+
+
+class Halves(nn.Module):
+  """The two halves, one after the other: the block's function."""
+
+  heads: int
+  mlp: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    return MlpHalf(self.mlp)(AttentionHalf(self.heads)(x))
+
+
+def median_ms(fn: Callable[[], Any], steps: int) -> float:
+  fn()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times) * 1e3
+
+
+def ours(module: nn.Module, x: jax.Array, steps: int) -> float:
+  params = module.init(jax.random.key(0), x, train=False)
+  grad = jax.jit(jax.grad(lambda p, x: jnp.sum(module.apply(p, x, train=False) * x),
+                          argnums=(0, 1)))
+  return median_ms(lambda: jax.block_until_ready(grad(params, x)), steps)
+
+
+def timms(x: np.ndarray, heads: int, mlp: int, steps: int) -> float | None:
+  try:
+    import torch
+    from timm.models.vision_transformer import Block
+  except Exception:  # noqa: BLE001 - torch/timm are optional
+    return None
+  block = Block(x.shape[-1], heads, mlp_ratio=mlp / x.shape[-1], qkv_bias=True)
+  inputs = torch.from_numpy(x).requires_grad_(True)
+
+  def step() -> None:
+    block.zero_grad(set_to_none=True)
+    (block(inputs) * inputs).sum().backward()
+
+  return median_ms(step, steps)
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--tokens", type=int, default=197)
+  p.add_argument("--width", type=int, default=192)
+  p.add_argument("--heads", type=int, default=3)
+  p.add_argument("--mlp", type=int, default=768)
+  p.add_argument("--steps", type=int, default=30)
+  args = p.parse_args()
+  host = np.random.default_rng(0).normal(size=(args.batch, args.tokens, args.width))
+  host = host.astype(np.float32)
+  x = jnp.asarray(host)
+  parts = {
+      "block": EncoderBlock(num_heads=args.heads, mlp_dim=args.mlp, attention="auto"),
+      "attention half": AttentionHalf(args.heads),
+      "MLP half": MlpHalf(args.mlp),
+      "halves composed": Halves(args.heads, args.mlp),
+  }
+  for name, module in parts.items():
+    print(f"{name:16s} forward+backward {ours(module, x, args.steps):7.2f} ms")
+  theirs = timms(host, args.heads, args.mlp, args.steps)
+  print(f"{'timm Block':16s} forward+backward "
+        + (f"{theirs:7.2f} ms" if theirs is not None else "(torch/timm not installed)"))
+
+
+if __name__ == "__main__":
+  main()
