@@ -39,6 +39,7 @@ def test_chunks_take_interleaved_images_and_restore_the_order():
 
 @pytest.mark.parametrize("per_device,per_pass,expected", [
     (8, None, 1), (8, 8, 1), (8, 16, 1), (8, 4, 2), (8, 3, 4), (12, 5, 3), (7, 2, 7), (32, 8, 4),
+    (10, 8, 2), (10, 4, 5), (7, 4, 1), (11, 4, 1),  # 7 or 11 would pass 1 image at a time: whole
 ])
 def test_count_is_the_fewest_even_chunks_of_at_most_per_pass(per_device, per_pass, expected):
   assert chunks.count(per_device, per_pass) == expected

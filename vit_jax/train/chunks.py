@@ -74,10 +74,15 @@ def images_per_pass(setting: int, model: nn.Module, image_shape: tuple[int, ...]
 
 
 def count(per_device: int, per_pass: int | None) -> int:
-  """The fewest chunks that split `per_device` images evenly, with at most `per_pass` each."""
+  """The fewest chunks that split `per_device` images evenly, with at most `per_pass` each.
+
+  A batch that splits evenly only into chunks of less than half `per_pass` (e.g. 7 images, 4
+  per pass: 7 chunks of 1) runs whole: such small passes cost more than the cache saves.
+  """
   if not per_pass or per_pass >= per_device:
     return 1
-  return next(k for k in range(-(-per_device // per_pass), per_device + 1) if per_device % k == 0)
+  k = next(k for k in range(-(-per_device // per_pass), per_device + 1) if per_device % k == 0)
+  return k if 2 * (per_device // k) >= per_pass else 1
 
 
 def apply(fn: Callable[[jax.Array], Any], images: jax.Array, chunks: int) -> Any:
