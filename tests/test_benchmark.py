@@ -6,8 +6,9 @@ import pytest
 from vit_jax.benchmark import __main__ as bench
 from vit_jax.benchmark import hardware, timm_side
 
+# `release`: the allocator setting is process-wide, and these run inside the test process.
 SMALL = ["--model", "ViT-Ti/16", "--image_size", "32", "--num_classes", "10", "--batch", "8",
-         "--warmup", "1", "--steps", "2", "--timm", "off"]
+         "--warmup", "1", "--steps", "2", "--timm", "off", "--host_memory", "release"]
 
 
 @pytest.mark.slow
@@ -22,7 +23,7 @@ def test_benchmark_reports_consistent_figures(tmp_path, capsys, mode):
   tflops = result["model_gflops_per_image"] * result["img_per_sec"] / 1e3
   assert result["tflops_per_sec"] == pytest.approx(tflops, rel=0.01)
   assert result["mfu"] == pytest.approx(result["tflops_per_sec"] / (2.0 * 8), rel=0.01)
-  assert result["planned_memory_bytes"] > 0
+  assert result["planned_memory_bytes"] > 0 and result["host_memory"] == "release"
 
 
 @pytest.mark.slow

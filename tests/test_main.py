@@ -133,6 +133,8 @@ BAD = {
                         "match the 8 devices here; set --config.mesh.data=-1"),
     "fsdp vs devices": (["--config.mesh.fsdp=3"], "mesh.fsdp=3 does not divide the 8 devices"),
     "unknown remat": (["--config.model.remat=most"], "model.remat 'most' is not one of none, full"),
+    "unknown host_memory": (["--config.host_memory=keep"],
+                            "host_memory 'keep' is not one of auto, retain, release"),
     "unknown attention": (["--config.model.attention=flash"],
                           "model.attention 'flash' is not one of auto, plain, xla, cudnn"),
     "fused attention dropout": (["--config.model.attention=xla",

@@ -17,6 +17,7 @@ import jax
 
 from vit_jax.benchmark import hardware, measure, timm_side
 from vit_jax.benchmark.report import table
+from vit_jax.train import host_memory
 
 
 def _sig(x: float, digits: int = 4) -> float:
@@ -51,6 +52,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--infer_chunk", type=_at_least(0), default=0,
                  help="--mode infer: images per forward pass and device; 0: auto, as training "
                       "runs' evaluation (a CPU: cache-sized chunks; else the whole batch)")
+  p.add_argument("--host_memory", default="auto", choices=host_memory.MODES,
+                 help="keep freed host memory mapped (vit_jax/train/host_memory.py); auto: "
+                      "for --mode train on a CPU, as training runs do")
   p.add_argument("--warmup", type=_at_least(0), default=3,
                  help="untimed steps after compilation")
   p.add_argument("--steps", type=_at_least(1), default=10, help="timed steps")
@@ -72,6 +76,11 @@ def run(args: argparse.Namespace) -> dict:
                         scan_layers=args.scan_layers, accum_steps=args.accum_steps,
                         fsdp=args.fsdp, moment_dtype=args.moment_dtype,
                         infer_chunk=args.infer_chunk)
+  # Before the first jax.devices(): the allocator setting holds only for later threads.
+  mode = args.host_memory
+  if mode == "auto" and setup.mode == "infer":
+    mode = "release"  # inference steps' buffers are small; one malloc arena cost ~4% there
+  retained = host_memory.configure(mode)
   devices = jax.devices()
   problem = measure.check(setup, len(devices))
   if problem:
@@ -79,6 +88,7 @@ def run(args: argparse.Namespace) -> dict:
   kind = devices[0].device_kind
   compiled, step_args, compile_s = measure.compile_step(setup)
   result = {**vars(setup), "devices": len(devices), "device_kind": kind,
+            "host_memory": "retain" if retained else "release",
             "compile_s": round(compile_s, 2),
             "planned_memory_bytes": measure.compiled_memory_bytes(compiled)}
   if setup.mode == "infer":
