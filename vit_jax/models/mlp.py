@@ -38,9 +38,11 @@ class MlpBlock(nn.Module):
     )
     if self.gelu not in GELUS:
       raise ValueError(f"gelu '{self.gelu}' is not one of {', '.join(GELUS)}")
-    width = x.shape[-1]
-    x = nn.Dense(self.mlp_dim, name="Dense_0", **dense)(x)
+    *lead, width = x.shape
+    # Products of 2-D arrays: XLA:CPU runs their gradients faster than over (batch, tokens, .)
+    # (docs/performance.md). Same function; dropout draws the same mask for either shape.
+    x = nn.Dense(self.mlp_dim, name="Dense_0", **dense)(x.reshape(-1, width))
     x = nn.gelu(x, approximate=self.gelu == "tanh")
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = nn.Dense(width, name="Dense_1", **dense)(x)
-    return nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dropout(self.dropout, deterministic=not train)(x).reshape(*lead, width)

@@ -35,11 +35,12 @@ MIN_IMAGES = 4
 def largest_activation(model: nn.Module, image_shape: tuple[int, ...]) -> int:
   """Elements per image of the largest token activation of `model` (shapes only).
 
-  Token activations are the modules' outputs of rank 3 (batch, tokens, features; convolutions'
-  feature maps are not). `image_shape` is (height, width, channels). Nothing is computed: the
-  model is traced at batch 1 and 2, and each output's per-image size is what follows its batch
-  axis (the first that grows; TNT's inner tokens merge batch and patches). A model with scanned
-  layers is measured unscanned (the same activations; a scan hides its layers' outputs).
+  Token activations are the modules' outputs of rank 3 (batch, tokens, features) or 2 (batch
+  and tokens flattened, as the MLP's products take them); convolutions' feature maps are not.
+  `image_shape` is (height, width, channels). Nothing is computed: the model is traced at batch
+  1 and 2, and each output's per-image size is what follows its batch axis (the first that
+  grows; TNT's inner tokens merge batch and patches). A model with scanned layers is measured
+  unscanned (the same activations; a scan hides its layers' outputs).
   """
   if getattr(model, "scan_layers", False):
     model = model.clone(scan_layers=False)
@@ -52,7 +53,7 @@ def largest_activation(model: nn.Module, image_shape: tuple[int, ...]) -> int:
 
   largest = 1
   for one, two in zip(outputs(1), outputs(2), strict=True):
-    if len(one.shape) != 3:
+    if len(one.shape) not in (2, 3):
       continue
     grown = [i for i, (a, b) in enumerate(zip(one.shape, two.shape, strict=True)) if a != b]
     if grown:
