@@ -6,6 +6,8 @@ Times jitted gradients (parameters and input) of sum(f(x) * x) for: our `Encoder
 attention half (x + attention(LN(x))), its MLP half (x + MLP(LN(x))) and the two halves
 composed; and, where torch and timm are installed, timm's `Block` of the same sizes. Median of
 `--steps` calls, milliseconds. Setting XLA_FLAGS before running compares XLA:CPU options.
+Freed host memory stays mapped as in training runs (`--host_memory`, vit_jax/train/host_memory.py);
+`--host_memory release` measures with the C library's defaults.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 from vit_jax.models import attention
 from vit_jax.models.mlp import MlpBlock
 from vit_jax.models.vit import EncoderBlock
+from vit_jax.train import host_memory
 
 
 class AttentionHalf(nn.Module):
@@ -98,7 +101,9 @@ def main() -> None:
   p.add_argument("--heads", type=int, default=3)
   p.add_argument("--mlp", type=int, default=768)
   p.add_argument("--steps", type=int, default=30)
+  p.add_argument("--host_memory", default="auto", choices=host_memory.MODES)
   args = p.parse_args()
+  host_memory.configure(args.host_memory)  # before the first computation starts a backend
   host = np.random.default_rng(0).normal(size=(args.batch, args.tokens, args.width))
   host = host.astype(np.float32)
   x = jnp.asarray(host)
