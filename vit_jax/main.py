@@ -112,10 +112,10 @@ def _main(argv: Sequence[str]) -> None:
   from vit_jax.train import checkpoint, host_memory, loop, metrics, multihost
 
   # Before any backend starts: the allocator setting holds only for threads that allocate later.
-  problem = host_memory.check_mode(config.get("host_memory", "auto"))
-  if problem:
-    fail(f"{problem}; set --config.host_memory to one of them")
-  host_memory.configure(config.get("host_memory", "auto"))
+  try:
+    host_memory.configure(config.get("host_memory", "auto"))
+  except ValueError as e:
+    fail(f"{e}; set --config.host_memory to one of them")
   try:
     multihost.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                          _PROCESS_ID.value)

@@ -2,6 +2,7 @@
 
 import importlib.metadata
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -43,11 +44,11 @@ def test_the_configured_platforms_are_read_from_jax_and_the_environment(monkeypa
   assert host_memory.configured_platforms() == (jax.config.jax_platforms or "cuda")
 
 
-# Times a jitted function whose temporary buffer (a 64 MiB product) XLA allocates at every call,
-# after `configure(mode)` and before any backend starts; prints the median page faults per call
-# and the buffer's size in pages.
+# Runs a jitted function whose temporary buffer (a 64 MiB product) XLA allocates at every call,
+# after `configure(mode)` and before any backend starts; prints whether memory is retained, the
+# buffer's size in pages and the page faults of each call.
 _PROBE = textwrap.dedent("""
-  import resource, statistics, sys
+  import json, resource, sys
   from vit_jax.train import host_memory
   retained = host_memory.configure(sys.argv[1])
   import jax, jax.numpy as jnp
@@ -58,28 +59,33 @@ _PROBE = textwrap.dedent("""
   for _ in range(3):
     f(x, w).block_until_ready()
   faults = []
-  for _ in range(9):
+  for _ in range(30):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x, w).block_until_ready()
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-  print(retained, statistics.median(faults), temp // resource.getpagesize())
+  print(json.dumps([retained, temp // resource.getpagesize(), faults]))
 """)
 
 
-def _probe(mode: str) -> tuple[bool, float, int]:
+def _probe(mode: str) -> tuple[bool, int, list[int]]:
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   out = subprocess.run([sys.executable, "-c", _PROBE, mode], env=env, capture_output=True,
-                       text=True, timeout=300, check=True).stdout.split()
-  return out[0] == "True", float(out[1]), int(out[2])
+                       text=True, timeout=300, check=True).stdout
+  retained, pages, faults = json.loads(out.strip().splitlines()[-1])
+  return retained, pages, faults
 
 
 def test_retained_memory_is_not_faulted_in_at_every_step():
-  retained, faults, pages = _probe("retain")
+  retained, pages, faults = _probe("retain")
   if not retained:
     pytest.skip("the C library is not glibc: nothing to retain")
-  released, faults_released, _ = _probe("release")
+  released, _, faults_released = _probe("release")
   assert pages >= 8192 * 2048 * 4 // 4096  # the product is a temporary buffer
   assert not released
-  # Released, the kernel maps the buffer in again at every call; retained, it stays mapped.
-  assert faults_released > 0.5 * pages, (faults_released, pages)
-  assert faults < 0.05 * pages, (faults, pages)
+  # Released, the kernel maps the whole buffer in again at every call. Retained, it stays
+  # mapped: only the few calls that grow the heap fault it in (a call may start before the
+  # previous call's buffer is freed, likelier on a loaded machine; measured: 0-5 of 15 calls,
+  # and 3-4 of 400, all within the first 16, at 540-600 MB maximum resident memory).
+  assert min(faults_released) > 0.5 * pages, (faults_released, pages)
+  assert sum(f > 0.5 * pages for f in faults) < len(faults) // 3, (faults, pages)
+  assert min(faults) < 0.05 * pages, (faults, pages)
