@@ -3,9 +3,15 @@
     python experiments/scale/profile_step.py --model ViT-Ti/16 --batch 8 --mode train
 
 Compiles the benchmark's own step (vit_jax.benchmark.measure), runs it `--warmup` times, traces
-`--steps` more with `jax.profiler`, and prints per step: the wall time, the summed kernel time
-over all threads, and the kernels grouped by kind (matrix products, copies and transposes,
-other fusions ...), largest first, with the top individual kernels. `--keep DIR` keeps the trace.
+`--steps` more with `jax.profiler`, and prints per step:
+- the wall time and the kernel time summed over threads;
+- the kernels grouped by what the compiled HLO says they compute (a kernel that holds a dot or
+  a convolution is a matrix product, even when YNNPACK fused a reduction into it; plain `dot`
+  kernels run on Eigen, the others in YNNPACK), largest first, with the top kernels;
+- how busy XLA's two worker threads were: each one's share of the traced time, the share with
+  both busy, and the time a thread spent waiting for the other to finish its part of a kernel.
+  Kernels overlap, so summed kernel times are not additive; the idle shares are.
+`--keep DIR` keeps the trace.
 """
 
 from __future__ import annotations
@@ -23,43 +29,126 @@ import time
 import jax
 
 from vit_jax.benchmark import measure
+from vit_jax.train import host_memory
+
+_INSTRUCTION = re.compile(r"\s+(?:ROOT )?%([\w.\-]+) = \S+ ([\w\-]+)\(")
+_LAYOUT = {"transpose", "copy"}
+# Trace events that mark the runtime's own work, not a kernel.
+_MARKERS = ("$", "end: ", "ThreadpoolListener", "Thunk", "PjRt", "Execute", "SlinkyThreadPool")
 
 
-def kind_of(name: str) -> str:
-  """A coarse kind for a kernel's name in XLA:CPU's trace."""
-  lowered = name.lower()
-  for pattern, kind in ((r"ynn|xnn|dot|gemm|matmul|onednn", "matrix products"),
-                        (r"convolution|conv", "convolutions"),
-                        (r"copy|transpose", "copies and transposes"),
-                        (r"reduce|reduction", "reductions"),
-                        (r"fusion|loop|input", "other fusions")):
-    if re.search(pattern, lowered):
-      return kind
-  return "other"
+def kinds_from_hlo(hlo_text: str) -> dict[str, str]:
+  """Kernel name -> kind, from the compiled module's text (the names the trace uses)."""
+  computations: dict[str, set[str]] = {}
+  calls: dict[str, tuple[str, str | None]] = {}
+  current = None
+  for line in hlo_text.splitlines():
+    if line and not line.startswith(" ") and line.endswith("{"):
+      current = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
+      computations[current] = set()
+      continue
+    m = _INSTRUCTION.match(line)
+    if m and current is not None:
+      computations[current].add(m.group(2))
+      callee = re.search(r"calls=%([\w.\-]+)", line)
+      calls[m.group(1)] = (m.group(2), callee.group(1) if callee else None)
+  kinds = {}
+  for name, (op, callee) in calls.items():
+    ops = computations.get(callee, set()) | {op}
+    library = "YNNPACK" if name.startswith("ynn") else "XNNPACK" if name.startswith("xnn") else ""
+    if ops & {"dot", "convolution"}:
+      kinds[name] = f"matrix products ({library or 'Eigen'})"
+    elif "reduce" in ops or "reduce-window" in ops:
+      kinds[name] = "reductions"
+    elif ops & _LAYOUT and not ops - _LAYOUT - {"bitcast", "parameter", "fusion"}:
+      kinds[name] = "copies and transposes"
+    else:
+      kinds[name] = "elementwise and other fusions"
+  return kinds
 
 
-def kernel_events(trace_dir: str) -> list[dict]:
-  """The complete ('X') events of the XLA:CPU kernels in the perfetto trace under `trace_dir`."""
+def load_trace(trace_dir: str) -> list[dict]:
+  """The complete ('X') events of the perfetto trace under `trace_dir`, with their threads."""
   files = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
   if not files:
     raise SystemExit(f"error: no trace was written under {trace_dir}")
   with gzip.open(sorted(files)[-1], "rt") as f:
     trace = json.load(f)
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
-  names = {}
-  for e in events:
-    if e.get("ph") == "M" and e.get("name") == "thread_name":
-      names[(e["pid"], e["tid"])] = e["args"]["name"]
+  names = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+           if e.get("ph") == "M" and e.get("name") == "thread_name"}
+  return [dict(e, thread=names.get((e["pid"], e["tid"]), "")) for e in events
+          if e.get("ph") == "X"]
+
+
+def kernel_events(events: list[dict]) -> list[dict]:
+  """The XLA:CPU kernels among `events` (not Python frames, not the runtime's markers)."""
+  return [e for e in events
+          if "python" not in e["thread"].lower() and not e["name"].startswith(_MARKERS)]
+
+
+def _union(spans: list[tuple[float, float]]) -> list[list[float]]:
+  merged: list[list[float]] = []
+  for begin, end in sorted(spans):
+    if merged and begin <= merged[-1][1]:
+      merged[-1][1] = max(merged[-1][1], end)
+    else:
+      merged.append([begin, end])
+  return merged
+
+
+def _overlap(a: list[list[float]], b: list[list[float]]) -> float:
+  total, i, j = 0.0, 0, 0
+  while i < len(a) and j < len(b):
+    total += max(0.0, min(a[i][1], b[j][1]) - max(a[i][0], b[j][0]))
+    if a[i][1] < b[j][1]:
+      i += 1
+    else:
+      j += 1
+  return total
+
+
+def worker_use(events: list[dict]) -> dict[str, float] | None:
+  """Busy time (us) of XLA's worker threads: each, both at once, and their waits.
+
+  A thread is busy while it runs a kernel or a share of another thread's kernel (between the
+  thread pool's StartRegion and StopRegion markers), less the time it waits in
+  SlinkyThreadPool::Await for the other thread's share.
+  """
+  workers = sorted({e["thread"] for e in events if e["thread"].startswith("tf_XLAEigen")})
+  if len(workers) != 2:
+    return None  # the summary is written for the 2-thread pool of a 2-core machine
+  busy, waits, opened = {}, {}, {}
+  for thread in workers:
+    spans, idle = [], []
+    for e in sorted((e for e in events if e["thread"] == thread), key=lambda e: e["ts"]):
+      if e["name"] == "ThreadpoolListener::StartRegion":
+        opened[thread] = e["ts"]
+      elif e["name"] == "ThreadpoolListener::StopRegion" and thread in opened:
+        spans.append((opened.pop(thread), e["ts"]))
+      elif e["name"] == "SlinkyThreadPool::Await":
+        idle.append((e["ts"], e["ts"] + e["dur"]))
+      elif not e["name"].startswith(_MARKERS):
+        spans.append((e["ts"], e["ts"] + e["dur"]))
+    merged, idle = _union(spans), _union(idle)
+    busy[thread] = merged if not idle else _subtract(merged, idle)
+    waits[thread] = sum(end - begin for begin, end in idle)
+  first, second = (busy[t] for t in workers)
+  return {"busy_a": sum(e - b for b, e in first), "busy_b": sum(e - b for b, e in second),
+          "both": _overlap(first, second), "waits": sum(waits.values())}
+
+
+def _subtract(spans: list[list[float]], holes: list[list[float]]) -> list[list[float]]:
   out = []
-  for e in events:
-    if e.get("ph") != "X":
-      continue
-    thread = names.get((e["pid"], e["tid"]), "")
-    # Python frames and the runtime's own markers are not kernels.
-    if "python" in thread.lower() or e["name"].startswith(
-        ("$", "end: ", "ThreadpoolListener", "Thunk", "PjRt", "Execute")):
-      continue
-    out.append(e)
+  for begin, end in spans:
+    for hole_begin, hole_end in holes:
+      if hole_end <= begin or hole_begin >= end:
+        continue
+      if hole_begin > begin:
+        out.append([begin, hole_begin])
+      begin = max(begin, hole_end)
+    if end > begin:
+      out.append([begin, end])
   return out
 
 
@@ -75,10 +164,17 @@ def main() -> None:
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--top", type=int, default=25)
   p.add_argument("--keep", default=None, help="keep the trace in this folder")
+  p.add_argument("--host_memory", default="auto", choices=host_memory.MODES,
+                 help="as the benchmark's flag: auto retains freed host memory for --mode train")
   args = p.parse_args()
+  mode = args.host_memory
+  if mode == "auto" and args.mode == "infer":
+    mode = "release"
+  host_memory.configure(mode)  # before the step's compilation starts a backend
   setup = measure.Setup(model=args.model, batch=args.batch, mode=args.mode,
                         image_size=args.image_size, attention=args.attention)
   compiled, step_args, compile_s = measure.compile_step(setup)
+  kinds = kinds_from_hlo(compiled.as_text())
   trace_dir = args.keep or tempfile.mkdtemp(prefix="profile_step_")
   times = []
 
@@ -91,31 +187,37 @@ def main() -> None:
   for _ in range(args.warmup):
     step_args = call(step_args)
   times.clear()
-  start = time.perf_counter()
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
     for _ in range(args.steps):
       step_args = call(step_args)
-  wall = time.perf_counter() - start
-  events = kernel_events(trace_dir)
+  events = load_trace(trace_dir)
+  kernels = kernel_events(events)
   per_kind = collections.Counter()
   per_name = collections.Counter()
   count = collections.Counter()
-  for e in events:
-    per_kind[kind_of(e["name"])] += e["dur"]
+  for e in kernels:
+    per_kind[kinds.get(e["name"], "other")] += e["dur"]
     per_name[e["name"]] += e["dur"]
     count[e["name"]] += 1
   n = args.steps
   total = sum(per_kind.values()) / n / 1e3
   print(f"{args.model} {args.mode} batch {args.batch}: compile {compile_s:.1f} s, "
-        f"median step {sorted(times)[len(times) // 2] * 1e3:.1f} ms "
-        f"(traced {n} steps in {wall:.2f} s)")
+        f"median traced step {sorted(times)[len(times) // 2] * 1e3:.1f} ms")
   print(f"kernel time summed over threads: {total:.1f} ms per step, "
-        f"{len(events) / n:.0f} kernels per step")
+        f"{len(kernels) / n:.0f} kernels per step")
   for kind, us in per_kind.most_common():
-    print(f"  {kind:24s} {us / n / 1e3:8.1f} ms")
+    print(f"  {kind:32s} {us / n / 1e3:8.1f} ms")
+  use = worker_use(events)
+  if use:
+    span = sum(times) * 1e6  # the steps' own wall time, without the gaps between them
+    print(f"worker threads over the {span / n / 1e3:.1f} ms of a step: busy "
+          f"{use['busy_a'] / span:.0%} and {use['busy_b'] / span:.0%}, both at once "
+          f"{use['both'] / span:.0%}; waiting for the other thread's share "
+          f"{use['waits'] / n / 1e3:.1f} ms per step")
   print(f"top {args.top} kernels (ms per step, calls per step):")
   for name, us in per_name.most_common(args.top):
-    print(f"  {us / n / 1e3:8.2f} ms  x{count[name] / n:5.1f}  {name[:90]}")
+    print(f"  {us / n / 1e3:8.2f} ms  x{count[name] / n:5.1f}  {kinds.get(name, 'other')[:24]:24s}"
+          f"  {name[:60]}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Neither is a dependency of vit_jax: without them the comparison is skipped with 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 # Our preset name -> timm's model of the same architecture and size.
 TIMM_NAMES = {
@@ -41,9 +42,9 @@ def unavailable_reason(model: str) -> str | None:
   return None
 
 
-def time_timm(model: str, *, mode: str, batch: int, image_size: int, num_classes: int,
-              dtype: str, warmup: int, steps: int) -> dict[str, float]:
-  """Seconds per step of timm's model: AdamW train step (with clipping) or forward pass."""
+def make_step(model: str, *, mode: str, batch: int, image_size: int, num_classes: int,
+              dtype: str) -> Callable[[], None]:
+  """One timm step as a closure: AdamW train step (with clipping) or forward pass."""
   import timm
   import torch
 
@@ -72,6 +73,17 @@ def time_timm(model: str, *, mode: str, batch: int, image_size: int, num_classes
       torch.cuda.synchronize()
 
   net.train(mode == "train")
+  return step
+
+
+def time_timm(model: str, *, mode: str, batch: int, image_size: int, num_classes: int,
+              dtype: str, warmup: int, steps: int) -> dict[str, float]:
+  """Seconds per step of timm's model: AdamW train step (with clipping) or forward pass."""
+  import timm
+  import torch
+
+  step = make_step(model, mode=mode, batch=batch, image_size=image_size,
+                   num_classes=num_classes, dtype=dtype)
   times = []
   for i in range(warmup + steps):
     start = time.perf_counter()
