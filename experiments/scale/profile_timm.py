@@ -2,10 +2,11 @@
 
     python experiments/scale/profile_timm.py --model ViT-Ti/16 --batch 8 --mode train
 
-The step is vit_jax.benchmark's timm step (AdamW with clipping, or a forward pass), on 2
-threads. Prints the median step, then the operators' own time per step, largest first, with
-GFLOP/s for the matrix products of a ViT (forward `addmm`: the linear layers' products;
-backward `mm`: twice that). The counterpart of profile_step.py for our step.
+The step is vit_jax.benchmark's timm step (AdamW with clipping, or a forward pass), with
+PyTorch's default thread count, as the benchmark times it. Prints the median step, then the
+operators' own time per step, largest first, with GFLOP/s for the matrix products of a ViT
+(forward `addmm`: the linear layers' products; backward `mm`: twice that). The counterpart
+of profile_step.py for our step.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ def main() -> None:
   import torch
   from torch.profiler import ProfilerActivity, profile
 
-  torch.set_num_threads(2)
   step = timm_side.make_step(args.model, mode=args.mode, batch=args.batch,
                              image_size=args.image_size, num_classes=1000, dtype="float32")
   for _ in range(3):
@@ -55,8 +55,8 @@ def main() -> None:
       begin = time.perf_counter()
       step()
       times.append(time.perf_counter() - begin)
-  print(f"timm {args.model} {args.mode} batch {args.batch}: median profiled step "
-        f"{sorted(times)[len(times) // 2] * 1e3:.1f} ms")
+  print(f"timm {args.model} {args.mode} batch {args.batch}, {torch.get_num_threads()} threads: "
+        f"median profiled step {sorted(times)[len(times) // 2] * 1e3:.1f} ms")
   rows = sorted(prof.key_averages(), key=lambda r: r.self_cpu_time_total, reverse=True)
   flops = linear_flops(args.model, args.batch, args.image_size)
   for row in rows[:args.top]:
