@@ -8,7 +8,7 @@ Compiles the benchmark's own step (vit_jax.benchmark.measure), runs it `--warmup
 - the kernels grouped by what the compiled HLO says they compute (a kernel that holds a dot or
   a convolution is a matrix product, even when YNNPACK fused a reduction into it; plain `dot`
   kernels run on Eigen, the others in YNNPACK), largest first, with the top kernels;
-- how busy XLA's two worker threads were: each one's share of the traced time, the share with
+- how busy XLA's two worker threads were: each one's share of the steps' wall time, the share with
   both busy, and the time a thread spent waiting for the other to finish its part of a kernel.
   Kernels overlap, so summed kernel times are not additive; the idle shares are.
 `--keep DIR` keeps the trace.
