@@ -79,6 +79,28 @@ def test_a_runs_top_classes_with_names_and_probabilities(tmp_path, capsys):
     assert [t["name"] for t in record["top"]] == [f"digit-{t['class']}" for t in record["top"]]
 
 
+def test_files_in_several_batches_predict_as_in_one(tmp_path, capsys):
+  trained_like_run(tmp_path / "run")
+  paths = digit_files(tmp_path, 5)
+  outputs = []
+  for batch in ("64", "2"):  # one pass; three passes, the last one padded
+    assert predict.main(["--workdir", str(tmp_path / "run"), "--json", "--top_k", "10",
+                         "--batch", batch, *paths]) == 0
+    outputs.append([json.loads(line) for line in capsys.readouterr().out.splitlines()])
+  assert [r["image"] for r in outputs[1]] == paths
+  for one, many in zip(*outputs, strict=True):
+    assert [t["class"] for t in one["top"]] == [t["class"] for t in many["top"]]
+    np.testing.assert_allclose([t["probability"] for t in many["top"]],
+                               [t["probability"] for t in one["top"]], rtol=1e-5, atol=1e-7)
+
+
+def test_a_batch_below_one_is_refused(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    predict.main(["--workdir", str(tmp_path), "--batch", "0", str(tmp_path / "a.png")])
+  assert exit_info.value.code == 2
+  assert "--batch must be positive, got 0" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_an_exported_npz_predicts_what_its_run_predicts(tmp_path, capsys):
   model = registry.section("ViT-Ti/16")

@@ -7,8 +7,9 @@ mode are preprocessed as the run's evaluation does (resize, or `eval_resize_smal
 crop). A run's newest checkpoint is used unless `--step` names
 another; the run is only read. With `--params` (an original-format `.npz` file) the number of
 classes, the pre-logits width and the input channels are read off the parameters and the
-resolution off the position table (or `--image_size`). Exit status 2 with one `error:` line for
-anything that cannot be read.
+resolution off the position table (or `--image_size`). Files run `--batch` at a time (64), so
+any number of them fits in memory. Exit status 2 with one `error:` line for anything that cannot
+be read.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -100,16 +102,18 @@ def read_images(paths: list[str], setup: dict[str, Any]) -> np.ndarray:
   return np.stack(images)
 
 
-def predict(images: np.ndarray, setup: dict[str, Any], params: Any) -> np.ndarray:
-  """Class probabilities (N, classes): softmax, or per-class sigmoid for a sigmoid-loss model."""
-  import jax
+def predict(images: np.ndarray, setup: dict[str, Any], params: Any,
+            forward: Callable[[Any, np.ndarray], Any] | None = None) -> np.ndarray:
+  """Class probabilities (N, classes): softmax, or per-class sigmoid for a sigmoid-loss model.
+
+  `forward(params, images)` (from `make_forward`) computes the logits; passing the same one for
+  every batch compiles the model once.
+  """
   from flax.errors import FlaxError
 
-  from vit_jax.models import registry
-
-  model = registry.build(setup["model"], setup["num_classes"])
+  forward = forward or make_forward(setup)
   try:
-    logits = np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x))(params, images))
+    logits = np.asarray(forward(params, images))
   except FlaxError as e:  # parameters of another architecture than the named one
     first = str(e).strip().splitlines()[0][:200]
     raise PredictError(f"the parameters do not fit {setup['model']['name']}: {first}") from None
@@ -117,6 +121,34 @@ def predict(images: np.ndarray, setup: dict[str, Any], params: Any) -> np.ndarra
     return 1.0 / (1.0 + np.exp(-logits))
   shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
   return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def make_forward(setup: dict[str, Any]) -> Callable[[Any, np.ndarray], Any]:
+  """The compiled forward pass of `setup`'s model: (params, uint8 images) -> logits."""
+  import jax
+
+  from vit_jax.models import registry
+
+  model = registry.build(setup["model"], setup["num_classes"])
+  return jax.jit(lambda p, x: model.apply({"params": p}, x))
+
+
+def predict_files(paths: list[str], setup: dict[str, Any], params: Any,
+                  batch: int) -> np.ndarray:
+  """Probabilities for image files, read and run `batch` at a time.
+
+  The last batch is padded to `batch` images (their rows dropped), so the model compiles once
+  and memory holds one batch of images whatever the number of files.
+  """
+  forward = make_forward(setup)
+  out = []
+  for start in range(0, len(paths), batch):
+    images = read_images(paths[start:start + batch], setup)
+    real = len(images)
+    if start and real < batch:
+      images = np.concatenate([images, np.zeros((batch - real, *images.shape[1:]), images.dtype)])
+    out.append(predict(images, setup, params, forward)[:real])
+  return np.concatenate(out)
 
 
 def top_k(probabilities: np.ndarray, k: int, names: list[str] | None) -> list[list[dict]]:
@@ -148,7 +180,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from vit_jax.data import class_names
 
     names = class_names.readable(names, setup["num_classes"])
-  probabilities = predict(read_images(args.images, setup), setup, params)
+  probabilities = predict_files(args.images, setup, params, args.batch)
   best = top_k(probabilities, min(args.top_k, setup["num_classes"]), names)
   return [{"image": path, "top": top} for path, top in zip(args.images, best, strict=True)]
 
@@ -164,6 +196,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--image_size", type=int, default=None, help="resolution for --params")
   p.add_argument("--classes", default=None, help="a file of class names, one per line")
   p.add_argument("--top_k", type=int, default=5)
+  p.add_argument("--batch", type=int, default=64,
+                 help="images per forward pass (more files run in several passes)")
   p.add_argument("--json", action="store_true", help="one JSON line per image")
   p.add_argument("images", nargs="+", help="image files")
   args = p.parse_args(argv)
@@ -171,6 +205,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.error("--params needs --model (the preset its parameters belong to)")
   if args.top_k <= 0:
     p.error(f"--top_k must be positive, got {args.top_k}")
+  if args.batch <= 0:
+    p.error(f"--batch must be positive, got {args.batch}")
   return args
 
 
