@@ -152,17 +152,23 @@ def _subtract(spans: list[list[float]], holes: list[list[float]]) -> list[list[f
   return out
 
 
-def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__,
+def parser(doc: str, top: int) -> argparse.ArgumentParser:
+  """The arguments this script shares with profile_timm.py: which step, how many, top kernels."""
+  p = argparse.ArgumentParser(description=doc,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", default="ViT-Ti/16")
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--mode", default="train", choices=["train", "infer"])
   p.add_argument("--image_size", type=int, default=224)
+  p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--top", type=int, default=top)
+  return p
+
+
+def main() -> None:
+  p = parser(__doc__, 25)
   p.add_argument("--attention", default="auto")
   p.add_argument("--warmup", type=int, default=3)
-  p.add_argument("--steps", type=int, default=5)
-  p.add_argument("--top", type=int, default=25)
   p.add_argument("--keep", default=None, help="keep the trace in this folder")
   p.add_argument("--host_memory", default="auto", choices=host_memory.MODES,
                  help="as the benchmark's flag: auto retains freed host memory for --mode train")

@@ -11,8 +11,9 @@ of profile_step.py for our step.
 
 from __future__ import annotations
 
-import argparse
 import time
+
+import profile_step  # the script beside this one: the arguments both take
 
 from vit_jax.benchmark import timm_side
 from vit_jax.models import registry
@@ -30,15 +31,7 @@ def linear_flops(model: str, batch: int, image_size: int) -> float | None:
 
 
 def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--model", default="ViT-Ti/16")
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--mode", default="train", choices=["train", "infer"])
-  p.add_argument("--image_size", type=int, default=224)
-  p.add_argument("--steps", type=int, default=5)
-  p.add_argument("--top", type=int, default=15)
-  args = p.parse_args()
+  args = profile_step.parser(__doc__, 15).parse_args()
   problem = timm_side.unavailable_reason(args.model)
   if problem:
     raise SystemExit(f"error: {problem}")
