@@ -8,8 +8,8 @@ crop). A run's newest checkpoint is used unless `--step` names
 another; the run is only read. With `--params` (an original-format `.npz` file) the number of
 classes, the pre-logits width and the input channels are read off the parameters and the
 resolution off the position table (or `--image_size`). Files run `--batch` at a time (64), so
-any number of them fits in memory. Exit status 2 with one `error:` line for anything that cannot
-be read.
+memory holds one batch of images whatever their number. Exit status 2 with one `error:` line
+for anything that cannot be read.
 """
 
 from __future__ import annotations
@@ -137,8 +137,8 @@ def predict_files(paths: list[str], setup: dict[str, Any], params: Any,
                   batch: int) -> np.ndarray:
   """Probabilities for image files, read and run `batch` at a time.
 
-  The last batch is padded to `batch` images (their rows dropped), so the model compiles once
-  and memory holds one batch of images whatever the number of files.
+  When there is more than one batch, the last is padded to `batch` images (their rows
+  dropped), so the model compiles once; memory holds one batch of images at a time.
   """
   forward = make_forward(setup)
   out = []
