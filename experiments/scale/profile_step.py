@@ -173,10 +173,8 @@ def main() -> None:
   p.add_argument("--host_memory", default="auto", choices=host_memory.MODES,
                  help="as the benchmark's flag: auto retains freed host memory for --mode train")
   args = p.parse_args()
-  mode = args.host_memory
-  if mode == "auto" and args.mode == "infer":
-    mode = "release"
-  host_memory.configure(mode)  # before the step's compilation starts a backend
+  # Before the step's compilation starts a backend.
+  host_memory.configure(measure.host_memory_mode(args.host_memory, args.mode))
   setup = measure.Setup(model=args.model, batch=args.batch, mode=args.mode,
                         image_size=args.image_size, attention=args.attention)
   compiled, step_args, compile_s = measure.compile_step(setup)

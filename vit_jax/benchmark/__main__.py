@@ -77,10 +77,7 @@ def run(args: argparse.Namespace) -> dict:
                         fsdp=args.fsdp, moment_dtype=args.moment_dtype,
                         infer_chunk=args.infer_chunk)
   # Before the first jax.devices(): the allocator setting holds only for later threads.
-  mode = args.host_memory
-  if mode == "auto" and setup.mode == "infer":
-    mode = "release"  # inference steps' buffers are small; one malloc arena cost ~4% there
-  retained = host_memory.configure(mode)
+  retained = host_memory.configure(measure.host_memory_mode(args.host_memory, setup.mode))
   devices = jax.devices()
   problem = measure.check(setup, len(devices))
   if problem:
