@@ -98,6 +98,7 @@ SCHEMA: dict[str, Field] = {
     "mesh.fsdp": Field(INT, see="sharding.mesh_shape"),
     "mesh.fsdp_min_size": Field(INT, AT_LEAST_0),
     "infer_chunk": Field(INT, AT_LEAST_0),
+    "train_chains": Field(INT, AT_LEAST_0),
     "host_memory": Field(STR, host_memory.MODES),
     # Logging and checkpoints.
     "log_every": Field(INT, POSITIVE),

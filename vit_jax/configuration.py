@@ -106,6 +106,10 @@ def _relations(v: dict[str, Any], device_count: int, process_count: int,
       problems.append(f"the micro-batch batch_size/accum_steps = {b // a} is not divisible by "
                       f"the {device_count} devices; use a batch_size that is a multiple of "
                       f"{device_count * a}")
+    elif v.get("train_chains") and (b // a // device_count) % v["train_chains"]:
+      problems.append(f"train_chains {v['train_chains']} does not divide the "
+                      f"{b // a // device_count} images per device and micro-batch; use a "
+                      f"divisor of it, or 0 (auto)")
   if have("batch_size") and v["batch_size"] % process_count:
     problems.append(f"batch_size {v['batch_size']} is not divisible by the {process_count} "
                     "processes")
@@ -167,8 +171,8 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 # Settings that change how a run is laid out on the devices or in memory, not what it computes: a
 # run may be resumed with other values (e.g. on another number of devices). A trailing dot is a
 # section.
-LAYOUT_KEYS = ("mesh.", "infer_chunk", "host_memory", "model.attention", "model.remat",
-               "model.scan_layers")
+LAYOUT_KEYS = ("mesh.", "infer_chunk", "train_chains", "host_memory", "model.attention",
+               "model.remat", "model.scan_layers")
 # Settings of what a run does when something goes wrong, which may also change on resuming: e.g.
 # a run that stopped on a non-finite loss is resumed with nonfinite=skip.
 RECOVERY_KEYS = ("nonfinite", "bad_images", "data_workers")

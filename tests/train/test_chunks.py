@@ -1,4 +1,4 @@
-"""Inference in chunks: the same results as one pass, sizes from the model's shapes."""
+"""Chunks: inference the same as one pass, sizes from the model's shapes; training's parts."""
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +43,35 @@ def test_chunks_take_interleaved_images_and_restore_the_order():
 ])
 def test_count_is_the_fewest_even_chunks_of_at_most_per_pass(per_device, per_pass, expected):
   assert chunks.count(per_device, per_pass) == expected
+
+
+VIT_TI = registry.build(registry.section("ViT-Ti/16"), 1000)
+VIT_S = registry.build(registry.section("ViT-S/16"), 1000)
+
+
+@pytest.mark.parametrize("model,per_device,backend,expected", [
+    (VIT_TI, 8, "cpu", 2), (VIT_TI, 32, "cpu", 4), (VIT_TI, 16, "cpu", 4), (VIT_TI, 12, "cpu", 3),
+    (VIT_TI, 128, "cpu", 4), (VIT_TI, 4, "cpu", 1), (VIT_TI, 7, "cpu", 1), (VIT_TI, 9, "cpu", 1),
+    (VIT_S, 8, "cpu", 2), (VIT_S, 32, "cpu", 4), (VIT_TI, 32, "gpu", 1), (VIT_TI, 32, "tpu", 1),
+])
+def test_train_chains_auto_on_a_cpu_parts_of_half_an_inference_pass(model, per_device, backend,
+                                                                       expected):
+  # ViT-Ti/16 passes 8 images (parts of at least 4), ViT-S/16 4 (parts of at least MIN_IMAGES).
+  assert chunks.train_chains(0, model, (224, 224, 3), per_device, backend) == expected
+
+
+def test_a_model_with_few_tokens_trains_its_whole_batch_and_a_setting_is_kept():
+  tiny = VisionTransformer(**TINY)  # 4 patches of 8x8 images: an inference pass takes > 1000
+  assert chunks.train_chains(0, tiny, (8, 8, 1), 128, "cpu") == 1
+  assert chunks.train_chains(4, tiny, (8, 8, 1), 128, "cpu") == 4
+  assert chunks.train_chains(8, VIT_TI, (224, 224, 3), 8, "gpu") == 8
+
+
+def test_train_chains_refuses_a_negative_or_non_dividing_setting():
+  with pytest.raises(ValueError, match="train_chains -1 is negative"):
+    chunks.train_chains(-1, VIT_TI, (224, 224, 3), 8, "cpu")
+  with pytest.raises(ValueError, match="train_chains 3 does not divide the 8 images per device"):
+    chunks.train_chains(3, VIT_TI, (224, 224, 3), 8, "cpu")
 
 
 def test_largest_activation_is_the_mlp_hidden_layer_per_image():

@@ -52,6 +52,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--infer_chunk", type=_at_least(0), default=0,
                  help="--mode infer: images per forward pass and device; 0: auto, as training "
                       "runs' evaluation (a CPU: cache-sized chunks; else the whole batch)")
+  p.add_argument("--train_chains", type=_at_least(0), default=0,
+                 help="--mode train: independent parts per micro-batch and device, summed; "
+                      "0: auto, as training runs (a CPU: parts of 4-8 images; else 1)")
   p.add_argument("--host_memory", default="auto", choices=host_memory.MODES,
                  help="keep freed host memory mapped (vit_jax/train/host_memory.py); auto: "
                       "for --mode train on a CPU, as training runs do")
@@ -75,7 +78,7 @@ def run(args: argparse.Namespace) -> dict:
                         dtype=args.dtype, attention=args.attention, remat=args.remat,
                         scan_layers=args.scan_layers, accum_steps=args.accum_steps,
                         fsdp=args.fsdp, moment_dtype=args.moment_dtype,
-                        infer_chunk=args.infer_chunk)
+                        infer_chunk=args.infer_chunk, train_chains=args.train_chains)
   # Before the first jax.devices(): the allocator setting holds only for later threads.
   retained = host_memory.configure(measure.host_memory_mode(args.host_memory, setup.mode))
   devices = jax.devices()
@@ -88,6 +91,8 @@ def run(args: argparse.Namespace) -> dict:
             "host_memory": "retain" if retained else "release",
             "compile_s": round(compile_s, 2),
             "planned_memory_bytes": measure.compiled_memory_bytes(compiled)}
+  if setup.mode == "train":
+    result["chains"] = measure.train_chains(setup, len(devices))
   if setup.mode == "infer":
     per_pass = measure.images_per_pass(setup)
     result["images_per_pass"] = min(per_pass or setup.batch, setup.batch // len(devices))

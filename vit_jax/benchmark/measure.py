@@ -33,6 +33,7 @@ class Setup:
   moment_dtype: str = "float32"
   input_dtype: str = "float32"  # float32 (in [-1, 1]) | uint8 (what the input pipelines give)
   infer_chunk: int = 0  # inference: images per forward pass and device; 0: auto (as in runs)
+  train_chains: int = 0  # training: independent parts per micro-batch and device; 0: auto
 
 
 # The benchmark's flags for the config keys that the model's checks name.
@@ -125,7 +126,8 @@ def compile_step(setup: Setup) -> tuple[Any, tuple[Any, ...], float]:
   if setup.mode == "train":
     fn = jax.jit(step_lib.make_train_step(model, tx, schedule, loss="softmax_xent",
                                           accum_steps=setup.accum_steps, seed=0,
-                                          grad_shardings=state_sh.params),
+                                          grad_shardings=state_sh.params,
+                                          chains=train_chains(setup, mesh.size, model)),
                  in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
                  donate_argnums=0)
     args = (state, {"image": images, "label": labels,
@@ -141,6 +143,15 @@ def compile_step(setup: Setup) -> tuple[Any, tuple[Any, ...], float]:
   start = time.perf_counter()
   compiled = fn.lower(*args).compile()
   return compiled, args, time.perf_counter() - start
+
+
+def train_chains(setup: Setup, device_count: int, model: Any = None) -> int:
+  """Independent parts per micro-batch and device of the training step, as a training run
+  would choose them (`vit_jax.train.chunks.train_chains`)."""
+  model = model or registry.build(model_section(setup), setup.num_classes)
+  per_device = setup.batch // setup.accum_steps // device_count
+  return chunks.train_chains(setup.train_chains, model, (setup.image_size,) * 2 + (3,),
+                             per_device, jax.default_backend())
 
 
 def images_per_pass(setup: Setup, model: Any = None) -> int | None:

@@ -1,4 +1,4 @@
-"""Inference over a batch in chunks: the forward pass of a large batch, cache-sized, on CPUs.
+"""A batch in chunks on CPUs: inference in cache-sized passes, training in independent parts.
 
 On a CPU a forward pass over the whole batch streams activations that no longer fit in the
 cache, and small models then run markedly slower per image at batch 32 than at batch 8
@@ -12,6 +12,12 @@ rows in the matrix products changes.
 of shape batch x tokens x features, e.g. the MLP's hidden layer) holds about `CACHE_ELEMENTS`
 float32 values, but at least `MIN_IMAGES`; on GPUs and TPUs it keeps the whole batch, whose
 larger products run faster there.
+
+Training splits each device's (micro-)batch into `train_chains` parts whose gradients are
+computed side by side in one program and summed (`vit_jax.train.step`). On a 2-core CPU,
+XLA:CPU leaves one core idle during some kernels of a pass (attention's batched products run
+on one thread); with independent parts it can run another part's kernels there, and each
+part's activations are smaller. GPUs and TPUs keep the whole batch.
 """
 
 from __future__ import annotations
@@ -109,3 +115,33 @@ def sharded_apply(fn: Callable[[jax.Array], Any], images: jax.Array, per_pass: i
   if images.shape[0] % devices:
     return fn(images)
   return apply(fn, images, count(images.shape[0] // devices, per_pass))
+
+
+# Measured fastest on a 2-core CPU (ViT-Ti/16 and ViT-S/16, docs/performance.md): parts of 4
+# images at 8 images per device, parts of 8 at 32. More parts compile longer (each is a copy of
+# the forward and backward pass in the program), so there are at most MAX_CHAINS.
+MAX_CHAINS = 4
+
+
+def train_chains(setting: int, model: nn.Module, image_shape: tuple[int, ...], per_device: int,
+                 backend: str) -> int:
+  """Independent parts per (micro-)batch of `per_device` images in a training step.
+
+  `setting` when positive (it must divide `per_device`). For 0 (auto), on a CPU: the most parts,
+  up to `MAX_CHAINS`, that split the batch evenly into parts of at least half an inference
+  pass (`images_per_pass`) and at least `MIN_IMAGES` images; 1 (the whole batch) elsewhere.
+  For ViT-Ti/16 at 224 that is 2 parts at 8 images and 4 at 32; a model with few tokens (the
+  quickstart's) keeps its whole batch.
+  """
+  if setting < 0:
+    raise ValueError(f"train_chains {setting} is negative; use 0 (auto) or a number of parts")
+  if setting:
+    if per_device % setting:
+      raise ValueError(f"train_chains {setting} does not divide the {per_device} images per "
+                       f"device and micro-batch; choose a divisor or 0 (auto)")
+    return setting
+  if backend != "cpu":
+    return 1
+  least = max(MIN_IMAGES, images_per_pass(0, model, image_shape, backend) // 2)
+  return next((n for n in range(MAX_CHAINS, 1, -1)
+               if per_device % n == 0 and per_device // n >= least), 1)

@@ -210,6 +210,7 @@ def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = N
   total = config.total_steps
 
   model, schedule, tx, init_fn = components(config)
+  image_shape = (config.image_size, config.image_size, config.image_channels)
   where = Placement(config, init_fn)
   init = jax.jit(init_fn, out_shardings=where.state)
 
@@ -237,11 +238,14 @@ def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = N
                                                    config.get("cutmix_alpha", 0.0),
                                                    config.get("mix_prob", 1.0),
                                                    config.get("mix_switch_prob", 0.5)),
-                               grad_shardings=param_sh, skip_nonfinite=nonfinite == "skip"),
+                               grad_shardings=param_sh, skip_nonfinite=nonfinite == "skip",
+                               chains=chunks.train_chains(
+                                   config.get("train_chains", 0), model, image_shape,
+                                   config.batch_size // config.accum_steps // where.mesh.size,
+                                   jax.default_backend())),
       in_shardings=(state_sh, where.batch), out_shardings=(state_sh, repl), donate_argnums=0)
-  per_pass = chunks.images_per_pass(
-      config.get("infer_chunk", 0), model,
-      (config.image_size, config.image_size, config.image_channels), jax.default_backend())
+  per_pass = chunks.images_per_pass(config.get("infer_chunk", 0), model, image_shape,
+                                    jax.default_backend())
   devices = where.mesh.size
   eval_step = multihost.one_at_a_time(jax.jit(
       step_lib.make_eval_step(model, loss=config.loss, images_per_pass=per_pass,

@@ -81,12 +81,16 @@ def _split_micro(x: jax.Array, accum_steps: int) -> jax.Array:
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     *, loss: str, accum_steps: int, seed: int, label_smoothing: float = 0.0,
                     mixing: mix.Settings = mix.OFF, grad_shardings: Any = None,
-                    skip_nonfinite: bool = False) -> Callable:
+                    skip_nonfinite: bool = False, chains: int = 1) -> Callable:
   """Returns step(state, batch) -> (state, metrics); accumulation happens inside the step.
 
   The batch is split into `accum_steps` micro-batches whose gradients are summed by a
   `lax.scan`, so memory holds one micro-batch's activations however many there are. The
   summed gradients are kept in `grad_shardings` (the parameters' placement) when given.
+  With `chains` > 1, each (micro-)batch is split further into that many parts whose gradients
+  are computed as independent computations in the same program (not a loop) and summed: the
+  same gradient, but XLA:CPU can run one part's kernels while another's leave a core idle
+  (`vit_jax.train.chunks.train_chains`).
   With `label_smoothing` or `mixing`, the labels become soft targets (`soft_targets`), and the
   whole batch is mixed (`mix.mix_batch`, from `mix.step_key(seed, step)`) before it is split, so
   the micro-batches sum to the full batch's gradient; the logged loss is that of these targets.
@@ -99,7 +103,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     logits = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
     return jnp.sum(per_example_loss(logits, labels, loss) * mask) / count
 
-  grad_fn = jax.value_and_grad(loss_fn)
+  single_fn = jax.value_and_grad(loss_fn)
+
+  def grad_fn(params, images, labels, mask, rng, count):
+    if chains == 1:
+      return single_fn(params, images, labels, mask, rng, count)
+    parts = [_split_micro(x, chains) for x in (images, labels, mask)]
+    results = [single_fn(params, im, lb, mk, jax.random.fold_in(rng, j), count)
+               for j, (im, lb, mk) in enumerate(zip(*parts, strict=True))]
+    return jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *results)
   soft = label_smoothing > 0 or mixing.enabled
 
   def prepare(batch: dict[str, jax.Array], step: jax.Array) -> dict[str, jax.Array]:
