@@ -76,7 +76,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.infer_chunk = 0  # images per forward pass and device in evaluation and few-shot; 0: auto
   #                    (a CPU: as many as fit its cache; a GPU or TPU: the whole batch)
   c.train_chains = 0  # independent parts per micro-batch and device, their gradients summed;
-  #                     0: auto (a CPU: parts of 4-8 images, faster there; a GPU or TPU: 1)
+  #                     0: auto (a CPU: parts of half an inference pass, at least 4 images;
+  #                     a GPU or TPU: 1)
   c.host_memory = "auto"  # auto | retain | release: keep freed host memory mapped (glibc), so a
   #                        CPU step's buffers are not page-faulted in again; auto: when on a CPU
   # Logging and checkpoints.

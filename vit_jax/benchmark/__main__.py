@@ -54,7 +54,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                       "runs' evaluation (a CPU: cache-sized chunks; else the whole batch)")
   p.add_argument("--train_chains", type=_at_least(0), default=0,
                  help="--mode train: independent parts per micro-batch and device, summed; "
-                      "0: auto, as training runs (a CPU: parts of 4-8 images; else 1)")
+                      "0: auto, as training runs (a CPU: parts of at least half an inference "
+                      "pass and 4 images; else 1)")
   p.add_argument("--host_memory", default="auto", choices=host_memory.MODES,
                  help="keep freed host memory mapped (vit_jax/train/host_memory.py); auto: "
                       "for --mode train on a CPU, as training runs do")
