@@ -131,7 +131,7 @@ BAD = {
                                  "batch_size/accum_steps = 4 is not divisible by the 8 devices"),
     "parts vs batch per device": (["--config.batch_size=32", "--config.train_chains=3"],
                                   "train_chains 3 does not divide the 4 images per device"),
-    "negative parts": (["--config.train_chains=-1"], "train_chains -1"),
+    "negative parts": (["--config.train_chains=-1"], "train_chains must be at least 0, got -1"),
     "mesh vs devices": (["--config.mesh.data=3"], "mesh data=3 x fsdp=1 = 3 devices does not "
                         "match the 8 devices here; set --config.mesh.data=-1"),
     "fsdp vs devices": (["--config.mesh.fsdp=3"], "mesh.fsdp=3 does not divide the 8 devices"),
