@@ -112,6 +112,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     results = [single_fn(params, im, lb, mk, jax.random.fold_in(rng, j), count)
                for j, (im, lb, mk) in enumerate(zip(*parts, strict=True))]
     return jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *results)
+
   soft = label_smoothing > 0 or mixing.enabled
 
   def prepare(batch: dict[str, jax.Array], step: jax.Array) -> dict[str, jax.Array]:
