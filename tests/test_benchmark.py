@@ -1,10 +1,12 @@
 import json
+import platform
 import re
 
+import jax
 import pytest
 
 from vit_jax.benchmark import __main__ as bench
-from vit_jax.benchmark import hardware, timm_side
+from vit_jax.benchmark import hardware, measure, timm_side
 
 # `release`: the allocator setting is process-wide, and these run inside the test process.
 SMALL = ["--model", "ViT-Ti/16", "--image_size", "32", "--num_classes", "10", "--batch", "8",
@@ -15,8 +17,10 @@ SMALL = ["--model", "ViT-Ti/16", "--image_size", "32", "--num_classes", "10", "-
 @pytest.mark.parametrize("mode", ["train", "infer"])
 def test_benchmark_reports_consistent_figures(tmp_path, capsys, mode):
   out = tmp_path / "result.json"
-  bench.main([*SMALL, "--mode", mode, "--peak_tflops", "2.0", "--json", str(out)])
+  bench.main([*SMALL, "--mode", mode, "--peak_tflops", "2.0", "--rounds", "2", "--json",
+              str(out)])
   result = json.loads(out.read_text())
+  assert result["steps"] == 2 and result["rounds"] == 2
   assert "| img_per_sec |" in capsys.readouterr().out
   assert result["mode"] == mode and result["devices"] == 8 and result["compile_s"] > 0
   assert result["img_per_sec"] == pytest.approx(8 / (result["step_ms"] / 1e3), rel=0.01)
@@ -24,6 +28,9 @@ def test_benchmark_reports_consistent_figures(tmp_path, capsys, mode):
   assert result["tflops_per_sec"] == pytest.approx(tflops, rel=0.01)
   assert result["mfu"] == pytest.approx(result["tflops_per_sec"] / (2.0 * 8), rel=0.01)
   assert result["planned_memory_bytes"] > 0 and result["host_memory"] == "release"
+  # Which XLA ran it: tables from different releases must not be mixed.
+  assert result["jax_version"] == jax.__version__
+  assert result["python_version"] == platform.python_version()
 
 
 @pytest.mark.slow
@@ -56,10 +63,41 @@ def test_bad_settings_are_one_line_errors(args, message):
     bench.main([*SMALL, *args])
 
 
-def test_zero_timed_steps_is_refused_by_the_parser(capsys):
+@pytest.mark.parametrize("flag", ["--steps", "--rounds"])
+def test_zero_timed_steps_is_refused_by_the_parser(capsys, flag):
   with pytest.raises(SystemExit):
-    bench.main([*SMALL, "--steps", "0"])
-  assert "must be at least 1, got 0" in capsys.readouterr().err
+    bench.main([*SMALL, flag, "0"])
+  assert f"{flag}: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_interleaved_rounds_take_turns_and_alternate_who_starts():
+  calls = []
+
+  def clock(name):
+    def one_step():
+      calls.append(name)
+      return float(len(calls))  # "seconds": the call's position, so the test sees which
+
+    return one_step
+
+  times = measure.interleave({"a": clock("a"), "b": clock("b")}, warmup=1, steps=2, rounds=3)
+  assert "".join(calls) == "ab" + "aabb" + "bbaa" + "aabb"
+  assert times == {"a": [3.0, 4.0, 9.0, 10.0, 11.0, 12.0], "b": [5.0, 6.0, 7.0, 8.0, 13.0, 14.0]}
+
+
+@pytest.mark.slow
+def test_timm_comparison_in_rounds_reports_the_ratio_of_medians(tmp_path):
+  reason = timm_side.unavailable_reason("ViT-Ti/16")
+  if reason:
+    pytest.skip(reason)
+  out = tmp_path / "result.json"
+  bench.main([*SMALL, "--timm", "on", "--mode", "infer", "--steps", "1", "--rounds", "3",
+              "--json", str(out)])
+  result = json.loads(out.read_text())
+  assert result["rounds"] == 3 and result["torch_threads"] >= 1
+  assert result["timm_img_per_sec"] == pytest.approx(8 / (result["timm_step_ms"] / 1e3), rel=0.01)
+  assert result["ratio_vs_timm"] == pytest.approx(
+      result["timm_step_ms"] / result["step_ms"], rel=0.01)
 
 
 def test_known_peaks_and_unknown_devices():

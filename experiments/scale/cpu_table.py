@@ -3,8 +3,8 @@
     python experiments/scale/cpu_table.py experiments/scale/cpu_vs_timm/*.json
 
 Groups the `python -m vit_jax.benchmark ... --timm on --json F` records by (model, mode,
-batch) and prints one Markdown row per group: our and timm's images/s (median over the
-repeats), the ratio timm step time / ours for each repeat and their median, min and max.
+batch, jax release) and prints one Markdown row per group: our and timm's images/s (median over
+the repeats), the ratio timm step time / ours for each repeat and their median, min and max.
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ import sys
 
 
 def rows(records: list[dict]) -> list[str]:
-  """Markdown rows, one per (model, mode, batch), in the order first seen."""
+  """Markdown rows, one per (model, mode, batch, jax), in the order first seen."""
   groups: dict[tuple, list[dict]] = collections.defaultdict(list)
   for r in records:
-    groups[(r["model"], r["mode"], r["batch"])].append(r)
-  out = ["| model | mode | batch | runs | ours img/s | timm img/s | ratio (median, min-max) |",
-         "|---|---|---|---|---|---|---|"]
-  for (model, mode, batch), rs in groups.items():
+    # Records from before the benchmark wrote its versions ran on jax 0.10.2.
+    groups[(r["model"], r["mode"], r["batch"], r.get("jax_version", "0.10.2"))].append(r)
+  out = ["| model | mode | batch | jax | runs | ours img/s | timm img/s "
+         "| ratio (median, min-max) |",
+         "|---|---|---|---|---|---|---|---|"]
+  for (model, mode, batch, jax_version), rs in groups.items():
     ours = statistics.median(r["img_per_sec"] for r in rs)
     if all("timm_img_per_sec" in r for r in rs):
       theirs = f"{statistics.median(r['timm_img_per_sec'] for r in rs):.3g}"
@@ -30,7 +32,8 @@ def rows(records: list[dict]) -> list[str]:
       ratio = (f"**{statistics.median(ratios):.2f}** ({min(ratios):.2f}-{max(ratios):.2f})")
     else:
       theirs, ratio = "–", "–"
-    out.append(f"| {model} | {mode} | {batch} | {len(rs)} | {ours:.3g} | {theirs} | {ratio} |")
+    out.append(f"| {model} | {mode} | {batch} | {jax_version} | {len(rs)} | {ours:.3g} | "
+               f"{theirs} | {ratio} |")
   return out
 
 

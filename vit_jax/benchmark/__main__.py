@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import sys
 
 import jax
+import jaxlib
 
 from vit_jax.benchmark import hardware, measure, timm_side
 from vit_jax.benchmark.report import table
@@ -61,7 +63,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
                       "for --mode train on a CPU, as training runs do")
   p.add_argument("--warmup", type=_at_least(0), default=3,
                  help="untimed steps after compilation")
-  p.add_argument("--steps", type=_at_least(1), default=10, help="timed steps")
+  p.add_argument("--steps", type=_at_least(1), default=10, help="timed steps (per round)")
+  p.add_argument("--rounds", type=_at_least(1), default=1,
+                 help="rounds of --steps timed steps, ours and timm's taking turns, so that "
+                      "both sides share the machine's slow and fast minutes")
   p.add_argument("--peak_tflops", type=float, default=None,
                  help="peak TFLOP/s per device for MFU (default: from a table of known devices)")
   p.add_argument("--timm", default="auto", choices=["auto", "on", "off"],
@@ -89,6 +94,8 @@ def run(args: argparse.Namespace) -> dict:
   kind = devices[0].device_kind
   compiled, step_args, compile_s = measure.compile_step(setup)
   result = {**vars(setup), "devices": len(devices), "device_kind": kind,
+            "jax_version": jax.__version__, "jaxlib_version": jaxlib.__version__,
+            "python_version": platform.python_version(),
             "host_memory": "retain" if retained else "release",
             "compile_s": round(compile_s, 2),
             "planned_memory_bytes": measure.compiled_memory_bytes(compiled)}
@@ -99,18 +106,8 @@ def run(args: argparse.Namespace) -> dict:
     result["images_per_pass"] = min(per_pass or setup.batch, setup.batch // len(devices))
   if args.compile_only:
     return result
-  times = measure.time_steps(setup, compiled, step_args, warmup=args.warmup, steps=args.steps)
-  step_s = statistics.median(times)
-  per_image = measure.model_flops_per_image(setup)
-  tflops = per_image * setup.batch / step_s / 1e12
-  peak = args.peak_tflops or hardware.peak_tflops(kind, setup.dtype)
-  result.update({
-      "step_ms": _sig(step_s * 1e3), "img_per_sec": _sig(setup.batch / step_s),
-      "model_gflops_per_image": _sig(per_image / 1e9), "tflops_per_sec": _sig(tflops),
-      "peak_tflops_per_device": peak,
-      "mfu": _sig(tflops / (peak * len(devices))) if peak else None,
-      "peak_memory_bytes": measure.peak_device_memory(),
-  })
+  clocks = {"ours": measure.step_clock(setup, compiled, step_args)}
+  timm_info = None
   if args.timm != "off":
     reason = timm_side.unavailable_reason(setup.model)
     if reason and args.timm == "on":
@@ -118,15 +115,29 @@ def run(args: argparse.Namespace) -> dict:
     if reason:
       result["timm"] = reason
     else:
-      theirs = timm_side.time_timm(setup.model, mode=setup.mode, batch=setup.batch,
-                                   image_size=setup.image_size, num_classes=setup.num_classes,
-                                   dtype=setup.dtype, warmup=args.warmup, steps=args.steps)
-      timm_s = statistics.median(theirs["times"])
-      result.update({"timm_img_per_sec": _sig(setup.batch / timm_s),
-                     "timm_step_ms": _sig(timm_s * 1e3),
-                     "timm_version": theirs["version"], "torch_version": theirs["torch"],
-                     "torch_threads": theirs["threads"],
-                     "ratio_vs_timm": _sig(timm_s / step_s, 3)})
+      clocks["timm"], timm_info = timm_side.timm_clock(
+          setup.model, mode=setup.mode, batch=setup.batch, image_size=setup.image_size,
+          num_classes=setup.num_classes, dtype=setup.dtype)
+  times = measure.interleave(clocks, warmup=args.warmup, steps=args.steps, rounds=args.rounds)
+  step_s = statistics.median(times["ours"])
+  per_image = measure.model_flops_per_image(setup)
+  tflops = per_image * setup.batch / step_s / 1e12
+  peak = args.peak_tflops or hardware.peak_tflops(kind, setup.dtype)
+  result.update({
+      "steps": args.steps, "rounds": args.rounds,
+      "step_ms": _sig(step_s * 1e3), "img_per_sec": _sig(setup.batch / step_s),
+      "model_gflops_per_image": _sig(per_image / 1e9), "tflops_per_sec": _sig(tflops),
+      "peak_tflops_per_device": peak,
+      "mfu": _sig(tflops / (peak * len(devices))) if peak else None,
+      "peak_memory_bytes": measure.peak_device_memory(),
+  })
+  if timm_info is not None:
+    timm_s = statistics.median(times["timm"])
+    result.update({"timm_img_per_sec": _sig(setup.batch / timm_s),
+                   "timm_step_ms": _sig(timm_s * 1e3),
+                   "timm_version": timm_info["version"], "torch_version": timm_info["torch"],
+                   "torch_threads": timm_info["threads"],
+                   "ratio_vs_timm": _sig(timm_s / step_s, 3)})
   return result
 
 

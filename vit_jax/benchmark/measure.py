@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -171,18 +172,38 @@ def compiled_memory_bytes(compiled: Any) -> int | None:
              + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
 
 
-def time_steps(setup: Setup, compiled: Any, args: tuple[Any, ...], *, warmup: int,
-               steps: int) -> list[float]:
-  """Seconds of each of `steps` timed calls, after `warmup` untimed ones."""
-  times = []
-  for i in range(warmup + steps):
+def step_clock(setup: Setup, compiled: Any, args: tuple[Any, ...]) -> Callable[[], float]:
+  """A function that runs one step and returns its seconds; the donated state carries over."""
+  current = list(args)
+
+  def one_step() -> float:
     start = time.perf_counter()
-    out = compiled(*args)
+    out = compiled(*current)
     jax.block_until_ready(out)
-    if i >= warmup:
-      times.append(time.perf_counter() - start)
+    seconds = time.perf_counter() - start
     if setup.mode == "train":  # the state was donated: continue from the new one
-      args = (out[0], args[1])
+      current[0] = out[0]
+    return seconds
+
+  return one_step
+
+
+def interleave(clocks: dict[str, Callable[[], float]], *, warmup: int, steps: int,
+               rounds: int = 1) -> dict[str, list[float]]:
+  """Seconds of each clock's timed steps: `warmup` untimed steps each, then `rounds` rounds
+  of `steps` steps per clock, the clocks taking turns and the first one alternating.
+
+  Side by side comparisons on a shared machine drift with its load; taking turns puts both
+  sides in the same minutes, so the ratio of their medians drifts far less than either.
+  """
+  for clock in clocks.values():
+    for _ in range(warmup):
+      clock()
+  times: dict[str, list[float]] = {name: [] for name in clocks}
+  order = list(clocks)
+  for r in range(rounds):
+    for name in order if r % 2 == 0 else order[::-1]:
+      times[name].extend(clocks[name]() for _ in range(steps))
   return times
 
 

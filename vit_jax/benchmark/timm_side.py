@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 # Our preset name -> timm's model of the same architecture and size.
 TIMM_NAMES = {
@@ -76,19 +77,20 @@ def make_step(model: str, *, mode: str, batch: int, image_size: int, num_classes
   return step
 
 
-def time_timm(model: str, *, mode: str, batch: int, image_size: int, num_classes: int,
-              dtype: str, warmup: int, steps: int) -> dict[str, float]:
-  """Seconds per step of timm's model: AdamW train step (with clipping) or forward pass."""
+def timm_clock(model: str, *, mode: str, batch: int, image_size: int, num_classes: int,
+               dtype: str) -> tuple[Callable[[], float], dict[str, Any]]:
+  """A function that runs one timm step and returns its seconds, and what ran it (versions,
+  threads)."""
   import timm
   import torch
 
   step = make_step(model, mode=mode, batch=batch, image_size=image_size,
                    num_classes=num_classes, dtype=dtype)
-  times = []
-  for i in range(warmup + steps):
+
+  def one_step() -> float:
     start = time.perf_counter()
     step()
-    if i >= warmup:
-      times.append(time.perf_counter() - start)
-  return {"times": times, "threads": torch.get_num_threads(), "version": timm.__version__,
-          "torch": torch.__version__}
+    return time.perf_counter() - start
+
+  return one_step, {"threads": torch.get_num_threads(), "version": timm.__version__,
+                    "torch": torch.__version__}
