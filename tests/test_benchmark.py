@@ -7,6 +7,7 @@ import pytest
 
 from vit_jax.benchmark import __main__ as bench
 from vit_jax.benchmark import hardware, measure, timm_side
+from vit_jax.train import cpu_matmul
 
 # `release`: the allocator setting is process-wide, and these run inside the test process.
 SMALL = ["--model", "ViT-Ti/16", "--image_size", "32", "--num_classes", "10", "--batch", "8",
@@ -31,6 +32,10 @@ def test_benchmark_reports_consistent_figures(tmp_path, capsys, mode):
   # Which XLA ran it: tables from different releases must not be mixed.
   assert result["jax_version"] == jax.__version__
   assert result["python_version"] == platform.python_version()
+  assert result["host_cpu"] == hardware.host_cpu() and result["host_cores"] >= 1
+  if mode == "train":
+    assert result["onednn_matmul"] == cpu_matmul.uses_onednn("auto", jax.default_backend(),
+                                                             "ViT")
 
 
 @pytest.mark.slow
@@ -98,6 +103,15 @@ def test_timm_comparison_in_rounds_reports_the_ratio_of_medians(tmp_path):
   assert result["timm_img_per_sec"] == pytest.approx(8 / (result["timm_step_ms"] / 1e3), rel=0.01)
   assert result["ratio_vs_timm"] == pytest.approx(
       result["timm_step_ms"] / result["step_ms"], rel=0.01)
+
+
+def test_host_cpu_names_the_processor_and_its_model_numbers(tmp_path):
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n"
+                     "model\t\t: 17\nmodel name\t: AMD EPYC 9R14 96-Core Processor\n\n"
+                     "processor\t: 1\nmodel name\t: another\n")
+  assert hardware.host_cpu(str(cpuinfo)) == "AMD EPYC 9R14 96-Core Processor (family 25, model 17)"
+  assert hardware.host_cpu(str(tmp_path / "missing"))  # falls back to what platform knows
 
 
 def test_known_peaks_and_unknown_devices():

@@ -138,6 +138,8 @@ BAD = {
     "unknown remat": (["--config.model.remat=most"], "model.remat 'most' is not one of none, full"),
     "unknown host_memory": (["--config.host_memory=keep"],
                             "host_memory 'keep' is not one of auto, retain, release"),
+    "unknown cpu_matmul": (["--config.cpu_matmul=mkl"],
+                           "cpu_matmul 'mkl' is not one of auto, onednn, xla"),
     "unknown attention": (["--config.model.attention=flash"],
                           "model.attention 'flash' is not one of auto, plain, xla, cudnn"),
     "fused attention dropout": (["--config.model.attention=xla",

@@ -22,7 +22,7 @@ from vit_jax.models import registry
 from vit_jax.models.mlp import GELUS
 from vit_jax.models.t2t import T2T_LAYERS
 from vit_jax.models.vit import POOLS
-from vit_jax.train import host_memory, optim, step
+from vit_jax.train import cpu_matmul, host_memory, optim, step
 
 INT, FLOAT, STR, BOOL, INTS = "int", "float", "str", "bool", "ints"
 # Rules on a value alone; a tuple of choices is a rule too.
@@ -100,6 +100,7 @@ SCHEMA: dict[str, Field] = {
     "infer_chunk": Field(INT, AT_LEAST_0),
     "train_chains": Field(INT, AT_LEAST_0),
     "host_memory": Field(STR, host_memory.MODES),
+    "cpu_matmul": Field(STR, cpu_matmul.MODES),
     # Logging and checkpoints.
     "log_every": Field(INT, POSITIVE),
     "eval_every": Field(INT, AT_LEAST_0),

@@ -171,8 +171,8 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 # Settings that change how a run is laid out on the devices or in memory, not what it computes: a
 # run may be resumed with other values (e.g. on another number of devices). A trailing dot is a
 # section.
-LAYOUT_KEYS = ("mesh.", "infer_chunk", "train_chains", "host_memory", "model.attention",
-               "model.remat", "model.scan_layers")
+LAYOUT_KEYS = ("mesh.", "infer_chunk", "train_chains", "host_memory", "cpu_matmul",
+               "model.attention", "model.remat", "model.scan_layers")
 # Settings of what a run does when something goes wrong, which may also change on resuming: e.g.
 # a run that stopped on a non-finite loss is resumed with nonfinite=skip.
 RECOVERY_KEYS = ("nonfinite", "bad_images", "data_workers")

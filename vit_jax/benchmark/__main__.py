@@ -19,7 +19,8 @@ import jaxlib
 
 from vit_jax.benchmark import hardware, measure, timm_side
 from vit_jax.benchmark.report import table
-from vit_jax.train import host_memory
+from vit_jax.models import registry
+from vit_jax.train import cpu_matmul, host_memory
 
 
 def _sig(x: float, digits: int = 4) -> float:
@@ -58,6 +59,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                  help="--mode train: independent parts per micro-batch and device, summed; "
                       "0: auto, as training runs (a CPU: parts of at least half an inference "
                       "pass and 4 images; else 1)")
+  p.add_argument("--cpu_matmul", default="auto", choices=cpu_matmul.MODES,
+                 help="--mode train on a CPU: weight-gradient products in oneDNN where this "
+                      "jaxlib has it (vit_jax/train/cpu_matmul.py); auto: on Intel CPUs")
   p.add_argument("--host_memory", default="auto", choices=host_memory.MODES,
                  help="keep freed host memory mapped (vit_jax/train/host_memory.py); auto: "
                       "for --mode train on a CPU, as training runs do")
@@ -84,7 +88,8 @@ def run(args: argparse.Namespace) -> dict:
                         dtype=args.dtype, attention=args.attention, remat=args.remat,
                         scan_layers=args.scan_layers, accum_steps=args.accum_steps,
                         fsdp=args.fsdp, moment_dtype=args.moment_dtype,
-                        infer_chunk=args.infer_chunk, train_chains=args.train_chains)
+                        infer_chunk=args.infer_chunk, train_chains=args.train_chains,
+                        cpu_matmul=args.cpu_matmul)
   # Before the first jax.devices(): the allocator setting holds only for later threads.
   retained = host_memory.configure(measure.host_memory_mode(args.host_memory, setup.mode))
   devices = jax.devices()
@@ -96,11 +101,14 @@ def run(args: argparse.Namespace) -> dict:
   result = {**vars(setup), "devices": len(devices), "device_kind": kind,
             "jax_version": jax.__version__, "jaxlib_version": jaxlib.__version__,
             "python_version": platform.python_version(),
+            "host_cpu": hardware.host_cpu(), "host_cores": hardware.host_cores(),
             "host_memory": "retain" if retained else "release",
             "compile_s": round(compile_s, 2),
             "planned_memory_bytes": measure.compiled_memory_bytes(compiled)}
   if setup.mode == "train":
     result["chains"] = measure.train_chains(setup, len(devices))
+    result["onednn_matmul"] = cpu_matmul.uses_onednn(
+        setup.cpu_matmul, jax.default_backend(), registry.family_of(setup.model).name)
   if setup.mode == "infer":
     per_pass = measure.images_per_pass(setup)
     result["images_per_pass"] = min(per_pass or setup.batch, setup.batch // len(devices))

@@ -1,6 +1,10 @@
-"""Peak dense matrix-multiply throughput of known accelerators (the denominator of MFU)."""
+"""Peak dense matrix-multiply throughput of known accelerators (the denominator of MFU), and
+which host processor ran a benchmark."""
 
 from __future__ import annotations
+
+import os
+import platform
 
 # (substring of jax's device_kind, compute dtype) -> peak dense TFLOP/s per device, from the
 # vendors' data sheets (without sparsity). float32 matmuls on NVIDIA GPUs run as TF32 under
@@ -27,3 +31,29 @@ def peak_tflops(device_kind: str, dtype: str) -> float | None:
     if kind in device_kind and kind_dtype == dtype:
       return peak
   return None
+
+
+def host_cpu(cpuinfo: str = "/proc/cpuinfo") -> str:
+  """The host processor as the OS names it, with its family and model numbers where Linux gives
+  them (a virtual machine often shows only a generic name: the numbers tell CPUs apart)."""
+  fields: dict[str, str] = {}
+  try:
+    with open(cpuinfo) as f:
+      for line in f:
+        if not line.strip():
+          break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+  except OSError:
+    pass
+  name = fields.get("model name") or platform.processor() or platform.machine()
+  if "cpu family" in fields and "model" in fields:
+    name += f" (family {fields['cpu family']}, model {fields['model']})"
+  return name
+
+
+def host_cores() -> int:
+  """Logical cores this process may run on (a `taskset` limits them)."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1

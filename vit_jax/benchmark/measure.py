@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from vit_jax.models import registry
-from vit_jax.train import chunks, optim, sharding
+from vit_jax.train import chunks, cpu_matmul, optim, sharding
 from vit_jax.train import step as step_lib
 
 
@@ -35,6 +35,7 @@ class Setup:
   input_dtype: str = "float32"  # float32 (in [-1, 1]) | uint8 (what the input pipelines give)
   infer_chunk: int = 0  # inference: images per forward pass and device; 0: auto (as in runs)
   train_chains: int = 0  # training: independent parts per micro-batch and device; 0: auto
+  cpu_matmul: str = "auto"  # training on a CPU: auto | onednn | xla (vit_jax/train/cpu_matmul.py)
 
 
 # The benchmark's flags for the config keys that the model's checks name.
@@ -130,7 +131,10 @@ def compile_step(setup: Setup) -> tuple[Any, tuple[Any, ...], float]:
                                           grad_shardings=state_sh.params,
                                           chains=train_chains(setup, mesh.size, model)),
                  in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
-                 donate_argnums=0)
+                 donate_argnums=0,
+                 compiler_options=cpu_matmul.compiler_options(
+                     setup.cpu_matmul, jax.default_backend(),
+                     registry.family_of(setup.model).name))
     args = (state, {"image": images, "label": labels,
                     "mask": jax.device_put(np.ones(setup.batch, np.float32), batch_sh)})
   elif setup.mode == "infer":

@@ -23,7 +23,7 @@ from vit_jax.evaluate.classification import evaluate
 from vit_jax.io import layers, posemb_resize
 from vit_jax.io.pretrained import Pretrained
 from vit_jax.models import registry
-from vit_jax.train import chunks, mix, multihost, optim, sharding
+from vit_jax.train import chunks, cpu_matmul, mix, multihost, optim, sharding
 from vit_jax.train import step as step_lib
 from vit_jax.train.checkpoint import Checkpointer
 from vit_jax.train.metrics import LOGGER, MetricWriter
@@ -243,7 +243,10 @@ def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = N
                                    config.get("train_chains", 0), model, image_shape,
                                    config.batch_size // config.accum_steps // where.mesh.size,
                                    jax.default_backend())),
-      in_shardings=(state_sh, where.batch), out_shardings=(state_sh, repl), donate_argnums=0)
+      in_shardings=(state_sh, where.batch), out_shardings=(state_sh, repl), donate_argnums=0,
+      compiler_options=cpu_matmul.compiler_options(
+          config.get("cpu_matmul", "auto"), jax.default_backend(),
+          registry.family_of(config.model.name).name))
   per_pass = chunks.images_per_pass(config.get("infer_chunk", 0), model, image_shape,
                                     jax.default_backend())
   devices = where.mesh.size

@@ -1,0 +1,89 @@
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from vit_jax.models.vit import VisionTransformer
+from vit_jax.train import cpu_matmul, sharding
+from vit_jax.train.optim import make_optimizer, make_schedule
+from vit_jax.train.step import init_state, make_train_step
+
+INTEL = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 207\n"
+AMD = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+
+
+def test_modes_are_checked():
+  assert cpu_matmul.check_mode("auto") is None
+  with pytest.raises(ValueError, match="cpu_matmul 'fast' is not one of auto, onednn, xla"):
+    cpu_matmul.compiler_options("fast", "cpu", "ViT")
+
+
+@pytest.mark.parametrize("text,expected", [(INTEL, True), (AMD, False), (None, False)])
+def test_intel_cpu_reads_the_vendor(tmp_path, text, expected):
+  path = tmp_path / "cpuinfo"
+  if text is not None:
+    path.write_text(text)
+  assert cpu_matmul.intel_cpu(str(path)) is expected
+
+
+def test_only_cpu_steps_and_only_measured_cases_ask_for_onednn(monkeypatch):
+  monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: True)
+  monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: False)
+  assert cpu_matmul.compiler_options("auto", "cpu", "ViT") is None  # not measured on others
+  assert cpu_matmul.compiler_options("onednn", "cpu", "ViT") == {
+      "xla_cpu_experimental_onednn_custom_call": True}
+  assert cpu_matmul.compiler_options("onednn", "gpu", "ViT") is None
+  monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: True)
+  assert cpu_matmul.uses_onednn("auto", "cpu", "TNT")
+  assert not cpu_matmul.uses_onednn("xla", "cpu", "ViT")
+  assert not cpu_matmul.uses_onednn("auto", "cpu", "Mixer")  # measured slower
+  assert cpu_matmul.uses_onednn("onednn", "cpu", "Mixer")  # asked for explicitly
+  monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: False)  # e.g. jax 0.10
+  assert cpu_matmul.compiler_options("onednn", "cpu", "ViT") is None
+
+
+def test_the_probe_agrees_with_the_compiler():
+  """Available exactly when the option rewrites a weight-gradient-shaped product."""
+  operand = jax.ShapeDtypeStruct((256, 256), np.float32)
+  lowered = jax.jit(lambda a, b: a.T @ b).lower(operand, operand)
+  try:
+    rewritten = "__onednn$matmul" in lowered.compile(
+        {"xla_cpu_experimental_onednn_custom_call": True}).as_text()
+  except Exception:  # a release that does not know the option
+    rewritten = False
+  assert cpu_matmul.onednn_available() is rewritten
+  assert "__onednn$matmul" not in lowered.compile().as_text()
+
+
+def _one_step(options):
+  model = VisionTransformer(num_classes=10, patch_size=8, hidden_size=64, num_layers=2,
+                            num_heads=2, mlp_dim=256)
+  cfg = ml_collections.ConfigDict(dict(optimizer="sgd", grad_clip_norm=0.0, momentum=0.0,
+                                       weight_decay=0.0))
+  schedule = make_schedule(1.0, 0, 100, "constant")
+  tx = make_optimizer(cfg, schedule)
+  mesh = sharding.make_mesh(devices=jax.devices()[:1])
+  repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  state = jax.jit(lambda: init_state(model, tx, (64, 64, 3), seed=0), out_shardings=repl)()
+  step = jax.jit(make_train_step(model, tx, schedule, loss="softmax_xent", accum_steps=1,
+                                 seed=0, chains=2),
+                 in_shardings=(repl, data), out_shardings=(repl, repl), compiler_options=options)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.normal(size=(16, 64, 64, 3)).astype(np.float32),
+           "label": rng.integers(0, 10, 16).astype(np.int32), "mask": np.ones(16, np.float32)}
+  batch = sharding.global_batch(batch, mesh)
+  compiled = step.lower(state, batch).compile()
+  new, _ = compiled(state, batch)
+  # With SGD at learning rate 1 the update is minus the gradient.
+  grads = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), state.params, new.params)
+  return grads, compiled.as_text().count("__onednn$matmul")
+
+
+@pytest.mark.skipif(not cpu_matmul.onednn_available(),
+                    reason="this jaxlib does not rewrite products to oneDNN (jax < 0.12)")
+def test_onednn_products_give_the_same_gradients():
+  ours, none = _one_step(None)
+  theirs, rewritten = _one_step({"xla_cpu_experimental_onednn_custom_call": True})
+  assert none == 0 and rewritten > 0  # the option took effect, on the weight gradients
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())

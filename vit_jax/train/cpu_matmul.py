@@ -1,0 +1,86 @@
+"""Which kernels XLA:CPU runs a training step's weight-gradient products with: its own or oneDNN's.
+
+jaxlib releases built with oneDNN hand 2-D `dot`s to oneDNN's matmul when compiled with the
+option `xla_cpu_experimental_onednn_custom_call`. In a ViT's training step XLA:CPU then
+rewrites the products its own fused kernels do not take: the dense layers' weight gradients
+(contracting over the tokens), with the sum of the independent parts' gradients fused in. On an
+Intel Xeon (family 6, model 207) with jax 0.12.0.1 that made the ViT-Ti/16 and ViT-S/16
+training steps 5-8% faster (docs/performance.md); jax 0.10.2 accepts the option but rewrites
+nothing. Being an experimental option, it is asked for per compilation (`jax.jit(...,
+compiler_options=...)`), where a release that does not know it fails with a catchable error
+instead of aborting the process, and only after a probe compilation showed that it takes effect.
+
+Executables with oneDNN calls are not written to JAX's persistent compilation cache (jax
+0.12.0.1 warns `std::bad_alloc` and compiles them again in the next process).
+
+Modes: `onednn` asks for it wherever the probe succeeds; `xla` never does; `auto` does on Intel
+CPUs, where it was measured, except for the families it made slower there (`AUTO_SKIPS`), and
+leaves other CPUs (not measured) and accelerators alone.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+MODES = ("auto", "onednn", "xla")
+
+_OPTION = "xla_cpu_experimental_onednn_custom_call"
+_MARK = "__onednn$matmul"  # the custom call's target in the compiled HLO
+# Families whose training step the option made slower (Intel Xeon, jax 0.12.0.1, batch 8):
+# Mixer-B/16, whose token-mixing weight gradients contract over batch x channels.
+AUTO_SKIPS = ("Mixer",)
+
+
+def check_mode(mode: str) -> str | None:
+  """Why `mode` is not a cpu_matmul setting (None when it is)."""
+  if mode not in MODES:
+    return f"cpu_matmul '{mode}' is not one of {', '.join(MODES)}"
+  return None
+
+
+def intel_cpu(cpuinfo: str = "/proc/cpuinfo") -> bool:
+  """Whether the host processor is Intel's (from /proc/cpuinfo; False where it is unreadable)."""
+  try:
+    with open(cpuinfo) as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "vendor_id":
+          return value.strip() == "GenuineIntel"
+  except OSError:
+    pass
+  return False
+
+
+@functools.cache
+def onednn_available() -> bool:
+  """Whether this jaxlib compiles a CPU matrix product to oneDNN when asked (probed once)."""
+  import jax
+  import jax.numpy as jnp
+
+  operand = jax.ShapeDtypeStruct((256, 256), jnp.float32)
+  try:
+    # A product over the rows of both operands, as a weight gradient is: XLA:CPU keeps products
+    # its own fused kernels can take (e.g. a plain a @ b), so those would not show the rewrite.
+    lowered = jax.jit(lambda a, b: a.T @ b).lower(operand, operand)
+    return _MARK in lowered.compile({_OPTION: True}).as_text()
+  except Exception:  # an unknown option (INVALID_ARGUMENT), or no CPU backend
+    return False
+
+
+def uses_onednn(mode: str, backend: str, family: str) -> bool:
+  """Whether a training step of a model of `family` (a registry family's name, e.g. "ViT"),
+  compiled for `backend` in this mode, runs its weight-gradient products in oneDNN."""
+  problem = check_mode(mode)
+  if problem:
+    raise ValueError(problem)
+  if backend != "cpu" or mode == "xla":
+    return False
+  if mode == "auto" and (family in AUTO_SKIPS or not intel_cpu()):
+    return False
+  return onednn_available()
+
+
+def compiler_options(mode: str, backend: str, family: str) -> dict[str, Any] | None:
+  """`jax.jit`'s `compiler_options` for a training step (None: XLA's defaults)."""
+  return {_OPTION: True} if uses_onednn(mode, backend, family) else None
