@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import platform
 
+from vit_jax.train import cpu_matmul
+
 # (substring of jax's device_kind, compute dtype) -> peak dense TFLOP/s per device, from the
 # vendors' data sheets (without sparsity). float32 matmuls on NVIDIA GPUs run as TF32 under
 # JAX's default precision, so their float32 peak is the TF32 one.
@@ -36,16 +38,7 @@ def peak_tflops(device_kind: str, dtype: str) -> float | None:
 def host_cpu(cpuinfo: str = "/proc/cpuinfo") -> str:
   """The host processor as the OS names it, with its family and model numbers where Linux gives
   them (a virtual machine often shows only a generic name: the numbers tell CPUs apart)."""
-  fields: dict[str, str] = {}
-  try:
-    with open(cpuinfo) as f:
-      for line in f:
-        if not line.strip():
-          break  # the first processor's block is enough
-        key, _, value = line.partition(":")
-        fields[key.strip()] = value.strip()
-  except OSError:
-    pass
+  fields = cpu_matmul.cpu_fields(cpuinfo)
   name = fields.get("model name") or platform.processor() or platform.machine()
   if "cpu family" in fields and "model" in fields:
     name += f" (family {fields['cpu family']}, model {fields['model']})"

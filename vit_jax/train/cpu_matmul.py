@@ -5,7 +5,7 @@ option `xla_cpu_experimental_onednn_custom_call`. In a ViT's training step XLA:C
 rewrites the products its own fused kernels do not take: the dense layers' weight gradients
 (contracting over the tokens), with the sum of the independent parts' gradients fused in. On an
 Intel Xeon (family 6, model 207) with jax 0.12.0.1 that made the ViT-Ti/16 and ViT-S/16
-training steps 5-8% faster (docs/performance.md); jax 0.10.2 accepts the option but rewrites
+training steps 6-9% faster (docs/performance.md); jax 0.10.2 accepts the option but rewrites
 nothing. Being an experimental option, it is asked for per compilation (`jax.jit(...,
 compiler_options=...)`), where a release that does not know it fails with a catchable error
 instead of aborting the process, and only after a probe compilation showed that it takes effect.
@@ -39,17 +39,24 @@ def check_mode(mode: str) -> str | None:
   return None
 
 
-def intel_cpu(cpuinfo: str = "/proc/cpuinfo") -> bool:
-  """Whether the host processor is Intel's (from /proc/cpuinfo; False where it is unreadable)."""
+def cpu_fields(cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]:
+  """The first processor's fields in Linux's /proc/cpuinfo (empty where it is unreadable)."""
+  fields: dict[str, str] = {}
   try:
     with open(cpuinfo) as f:
       for line in f:
+        if not line.strip():
+          break  # the first processor's block is enough
         key, _, value = line.partition(":")
-        if key.strip() == "vendor_id":
-          return value.strip() == "GenuineIntel"
+        fields[key.strip()] = value.strip()
   except OSError:
     pass
-  return False
+  return fields
+
+
+def intel_cpu(cpuinfo: str = "/proc/cpuinfo") -> bool:
+  """Whether the host processor is Intel's (False where /proc/cpuinfo is unreadable)."""
+  return cpu_fields(cpuinfo).get("vendor_id") == "GenuineIntel"
 
 
 @functools.cache
