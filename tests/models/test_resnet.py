@@ -57,6 +57,35 @@ def test_std_conv_standardises_its_stored_kernel_on_every_call():
   assert got.shape == (2, 4, 4, 8)
 
 
+@pytest.mark.parametrize("size,stride", [(7, 1), (7, 2), (8, 2)])
+def test_pointwise_std_conv_is_the_strided_convolution(size, stride):
+  conv = resnet.StdConv(features=6, kernel_size=1, strides=stride)
+  x = np.random.default_rng(6).normal(size=(2, size, size, 4)).astype(np.float32)
+  raw = np.random.default_rng(7).normal(1.0, 2.0, (1, 1, 4, 6)).astype(np.float32)
+  got = conv.apply({"params": {"kernel": raw}}, x)
+  np.testing.assert_allclose(got, np_conv_same(x, np_standardize(raw), stride), rtol=1e-4,
+                             atol=1e-4)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pointwise_gradients_match_the_convolution(stride):
+  rng = np.random.default_rng(8)
+  x = jnp.asarray(rng.normal(size=(2, 9, 9, 16)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(16, 24)), jnp.float32)
+
+  def conv(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel[None, None], (stride, stride), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def loss(fn):
+    return lambda x, kernel: jnp.sum(jnp.sin(fn(x, kernel)))
+
+  want = jax.grad(loss(conv), argnums=(0, 1))(x, kernel)
+  got = jax.grad(loss(lambda x, k: resnet.pointwise(x, k, stride)), argnums=(0, 1))(x, kernel)
+  for g, w in zip(got, want, strict=True):
+    np.testing.assert_allclose(g, w, atol=1e-5 * float(jnp.max(jnp.abs(w))))
+
+
 def test_group_norm_uses_32_groups():
   x = np.random.default_rng(2).normal(1.0, 2.0, (2, 3, 3, 64)).astype(np.float32)
   rng = np.random.default_rng(3)

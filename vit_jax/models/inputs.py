@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -31,3 +34,34 @@ def check_grid(height: int, width: int, patch_size: int,
         f"{max(1, round(width / patch_size)) * patch_size})"
     )
   return height // patch_size, width // patch_size
+
+
+class PatchEmbedding(nn.Module):
+  """Non-overlapping p x p patches of NHWC `x` -> `features` channels: a strided convolution.
+
+  Its parameters are a convolution's (`kernel` (p, p, C, features), lecun-normal; `bias`,
+  zeros), and for p > 1 so is its computation. For p = 1 (the hybrid, whose ResNet already
+  strides) it is one 2-D product over the pixels: the same function, but XLA:CPU computes the
+  weight gradient without first copying the input, and the normalisation fused into it, into a
+  channels-major layout (docs/performance.md).
+  """
+
+  features: int
+  patch_size: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    p = self.patch_size
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (p, p, x.shape[-1], self.features), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+    x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+    if p == 1:
+      batch, height, width, channels = x.shape
+      y = x.reshape(batch * height * width, channels) @ kernel[0, 0]
+      return y.reshape(batch, height, width, self.features) + bias
+    y = jax.lax.conv_general_dilated(x, kernel, (p, p), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias

@@ -42,9 +42,27 @@ class StdConv(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (k, k, x.shape[-1], self.features), self.param_dtype)
     kernel = standardize(kernel.astype(jnp.float32)).astype(self.dtype)
+    x = x.astype(self.dtype)
+    if k == 1:
+      return pointwise(x, kernel[0, 0], self.strides)
     return jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel, (self.strides, self.strides), "SAME",
+        x, kernel, (self.strides, self.strides), "SAME",
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def pointwise(x: jax.Array, kernel: jax.Array, strides: int = 1) -> jax.Array:
+  """A 1x1 convolution (SAME padding) of NHWC `x` with a (C_in, C_out) kernel, as one 2-D product.
+
+  The same function as the convolution, but XLA:CPU computes its weight gradient as a product
+  over the pixels of `x` as laid out, where the convolution's gradient first copied `x` (and
+  the normalisations fused into it) into a channels-major layout: the R50+ViT-B/16 training
+  step ran 19% faster on a 2-core Intel Xeon (docs/performance.md).
+  """
+  if strides > 1:  # a 1x1 window with SAME padding reads every `strides`-th pixel, no padding
+    x = x[:, ::strides, ::strides, :]
+  batch, height, width, channels = x.shape
+  y = x.reshape(batch * height * width, channels) @ kernel
+  return y.reshape(batch, height, width, kernel.shape[-1])
 
 
 def _norm(name: str, dt: dict, zero_scale: bool = False) -> nn.GroupNorm:
