@@ -145,3 +145,33 @@ def test_heads_first_block_in_bfloat16_matches_plain_within_bfloat16_rounding():
   # Both round differently, so each is held to the error plain attention makes in bfloat16.
   bound = float(np.abs(np.asarray(theirs) - np.asarray(exact)).max())
   assert float(np.abs(np.asarray(ours) - np.asarray(exact)).max()) < 1.5 * bound
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 16, 6), (2, 2, 5, 3)])
+def test_small_attention_is_heads_first_attention_with_its_own_backward_pass(shape):
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=shape), jnp.float32) for _ in range(3))
+  np.testing.assert_array_equal(attention.small_attention(q, k, v),
+                                attention.heads_first_attention(q, k, v))
+
+  def loss(fn):
+    return lambda q, k, v: jnp.sum(jnp.sin(3 * fn(q, k, v)))
+
+  want = jax.grad(loss(attention.heads_first_attention), argnums=(0, 1, 2))(q, k, v)
+  got = jax.grad(loss(attention.small_attention), argnums=(0, 1, 2))(q, k, v)
+  for g, w in zip(got, want, strict=True):
+    np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(w))))
+
+
+def test_small_attention_keeps_bfloat16_inputs_and_gradients_in_their_dtype():
+  rng = np.random.default_rng(1)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 3, 8, 4)), jnp.bfloat16) for _ in range(3))
+  out = attention.small_attention(q, k, v)
+  assert out.dtype == jnp.bfloat16
+  grads = jax.grad(lambda *a: jnp.sum(attention.small_attention(*a).astype(jnp.float32)),
+                   argnums=(0, 1, 2))(q, k, v)
+  want = jax.grad(lambda *a: jnp.sum(attention.heads_first_attention(*a).astype(jnp.float32)),
+                  argnums=(0, 1, 2))(q, k, v)
+  for g, w in zip(grads, want, strict=True):
+    assert g.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), atol=0.05)

@@ -145,6 +145,58 @@ def heads_first_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   return (out / weights.sum(axis=-1, keepdims=True)).astype(value.dtype)
 
 
+@jax.custom_vjp
+def small_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+  """softmax(q.k / sqrt(d)) v for q, k, v of shape (..., heads, tokens, d), all in float32,
+  with a backward pass written for many small heads (TNT's inner attention: 16 tokens of 6).
+
+  The same function as `heads_first_attention` without a bias. Differentiated by XLA, the two
+  gradient products that contract over the token axis of the weights (dK = dL^T q, dV = P^T dO)
+  are batched products XLA:CPU runs at ~2 GFLOP/s on (16 x 16) by (16 x 6) matrices; here the
+  weights are transposed first, so all products take the form the forward pass runs in. On a
+  2-core Intel Xeon the attention's forward and backward on TNT-S's inner shapes took 5.5
+  instead of 14 ms, and the TNT-S training step 18% less time with jax 0.10.2 (14% with jax
+  0.12's own products; 4% more with its oneDNN weight gradients). On ViT-sized heads (197 x
+  64) it is slower, so the large attentions do not use it. Forward values are identical;
+  gradients agree to rounding.
+  """
+  return _small_forward(query, key, value)[0]
+
+
+def _small_forward(query: jax.Array, key: jax.Array, value: jax.Array
+                   ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+  # The forward pass of heads_first_attention, operation for operation.
+  scaled = query * jnp.asarray(query.shape[-1] ** -0.5, query.dtype)
+  logits = jnp.einsum("...qd,...kd->...qk", scaled, key, preferred_element_type=jnp.float32)
+  weights = jnp.exp(logits - logits.max(axis=-1, keepdims=True))
+  total = weights.sum(axis=-1, keepdims=True)
+  out = jnp.einsum("...qk,...kd->...qd", weights.astype(value.dtype), value,
+                   preferred_element_type=jnp.float32) / total
+  return out.astype(value.dtype), (query, key, value, weights, total, out)
+
+
+def _small_backward(residuals: tuple[jax.Array, ...], grad: jax.Array
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  query, key, value, weights, total, out = residuals
+  q, k, v = (a.astype(jnp.float32) for a in (query, key, value))
+  scale = q.shape[-1] ** -0.5
+  grad = grad.astype(jnp.float32) / total  # d out / d (weights @ value) is 1 / total
+
+  def transposed(x: jax.Array) -> jax.Array:
+    # Materialised: XLA would otherwise fold the transpose back into the product.
+    return jax.lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
+
+  d_value = jnp.einsum("...kq,...qd->...kd", transposed(weights), grad)
+  d_weights = jnp.einsum("...qd,...kd->...qk", grad, v)
+  d_logits = weights * (d_weights - jnp.sum(grad * out, axis=-1, keepdims=True))
+  d_query = jnp.einsum("...qk,...kd->...qd", d_logits, k) * scale
+  d_key = jnp.einsum("...kq,...qd->...kd", transposed(d_logits), q * scale)
+  return d_query.astype(query.dtype), d_key.astype(key.dtype), d_value.astype(value.dtype)
+
+
+small_attention.defvjp(_small_forward, _small_backward)
+
+
 class _DenseParams(nn.Module):
   """The kernel and bias of an nn.DenseGeneral (same names, shapes and initialisation).
 
