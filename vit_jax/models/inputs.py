@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax.models import resnet
+
 
 def to_unit_range(images: jax.Array) -> jax.Array:
   """uint8 pixels -> float32 in [-1, 1]; float images are taken to be there already.
@@ -41,9 +43,8 @@ class PatchEmbedding(nn.Module):
 
   Its parameters are a convolution's (`kernel` (p, p, C, features), lecun-normal; `bias`,
   zeros), and for p > 1 so is its computation. For p = 1 (the hybrid, whose ResNet already
-  strides) it is one 2-D product over the pixels: the same function, but XLA:CPU computes the
-  weight gradient without first copying the input, and the normalisation fused into it, into a
-  channels-major layout (docs/performance.md).
+  strides) it is `resnet.pointwise`, one 2-D product over the pixels, for the reason given
+  there.
   """
 
   features: int
@@ -59,9 +60,7 @@ class PatchEmbedding(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
     x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
     if p == 1:
-      batch, height, width, channels = x.shape
-      y = x.reshape(batch * height * width, channels) @ kernel[0, 0]
-      return y.reshape(batch, height, width, self.features) + bias
+      return resnet.pointwise(x, kernel[0, 0]) + bias
     y = jax.lax.conv_general_dilated(x, kernel, (p, p), "VALID",
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + bias
