@@ -132,6 +132,13 @@ def heads_first_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   divisions instead of T x T, and one kernel fewer on each side of the product.
   `bias` broadcasts against (..., heads, T, T).
   """
+  _, total, out = _softmax_parts(query, key, value, bias)
+  return (out / total).astype(value.dtype)
+
+
+def _softmax_parts(query: jax.Array, key: jax.Array, value: jax.Array,
+                     bias: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(exp(logit - max), its sum over the keys, weights @ values), the latter two unnormalised."""
   # Scaling the queries, not the (T x T) logits: XLA:CPU's library fusions take a scalar
   # operand as a materialised array of the operand's shape, which is T / d times larger there.
   query = query * jnp.asarray(query.shape[-1] ** -0.5, query.dtype)
@@ -142,15 +149,16 @@ def heads_first_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
   out = jnp.einsum("...qk,...kd->...qd", weights.astype(value.dtype), value,
                    preferred_element_type=jnp.float32)
-  return (out / weights.sum(axis=-1, keepdims=True)).astype(value.dtype)
+  return weights, weights.sum(axis=-1, keepdims=True), out
 
 
 @jax.custom_vjp
 def small_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
-  """softmax(q.k / sqrt(d)) v for q, k, v of shape (..., heads, tokens, d), all in float32,
-  with a backward pass written for many small heads (TNT's inner attention: 16 tokens of 6).
+  """softmax(q.k / sqrt(d)) v for q, k, v of shape (..., heads, tokens, d), with a backward
+  pass written for many small heads (TNT's inner attention: 16 tokens of 6).
 
-  The same function as `heads_first_attention` without a bias. Differentiated by XLA, the two
+  `heads_first_attention` without a bias, computed by the same code (logits and softmax in
+  float32); its gradients are computed in float32. Differentiated by XLA, the two
   gradient products that contract over the token axis of the weights (dK = dL^T q, dV = P^T dO)
   are batched products XLA:CPU runs at ~2 GFLOP/s on (16 x 16) by (16 x 6) matrices; here the
   weights are transposed first, so all products take the form the forward pass runs in. On a
@@ -165,13 +173,8 @@ def small_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.A
 
 def _small_forward(query: jax.Array, key: jax.Array, value: jax.Array
                    ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-  # The forward pass of heads_first_attention, operation for operation.
-  scaled = query * jnp.asarray(query.shape[-1] ** -0.5, query.dtype)
-  logits = jnp.einsum("...qd,...kd->...qk", scaled, key, preferred_element_type=jnp.float32)
-  weights = jnp.exp(logits - logits.max(axis=-1, keepdims=True))
-  total = weights.sum(axis=-1, keepdims=True)
-  out = jnp.einsum("...qk,...kd->...qd", weights.astype(value.dtype), value,
-                   preferred_element_type=jnp.float32) / total
+  weights, total, out = _softmax_parts(query, key, value, None)  # heads_first_attention's
+  out = out / total
   return out.astype(value.dtype), (query, key, value, weights, total, out)
 
 
