@@ -137,3 +137,48 @@ def test_sigterm_during_start_up_ends_a_joined_process(tmp_path):
                           text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert result.returncode == -signal.SIGTERM, result.stdout + result.stderr
 
+
+
+# 64 evaluation-like calls of a program with a collective over 8 CPU devices, none depending on
+# another; the sum of their results against NumPy's.
+INDEPENDENT_CALLS = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from vit_jax.train import multihost
+if sys.argv[1] == "joined":
+  multihost.initialize("on", "127.0.0.1:" + sys.argv[2], 1, 0)
+mesh = jax.make_mesh((8,), ("d",))
+repl, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("d"))
+w = np.linspace(-1, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+x = np.linspace(0, 1, 128 * 64, dtype=np.float32).reshape(128, 64)
+f = jax.jit(lambda w, x: jnp.sum(jnp.tanh(x @ w)), in_shardings=(repl, rows), out_shardings=repl)
+step = multihost.one_at_a_time(f, 8)
+assert step is not f
+wd, xd = jax.device_put(w, repl), jax.device_put(x, rows)
+total = sum(float(out) for out in [step(wd, xd) for _ in range(64)])
+expected = 64 * float(np.tanh(x.astype(np.float64) @ w).sum())
+print("total", total, "expected", expected, "close", abs(total - expected) < 1e-3 * abs(expected))
+"""
+
+
+@pytest.mark.parametrize("mode", ["alone", "joined"])
+def test_independent_steps_on_a_multi_device_cpu_finish(mode):
+  # With jaxlib 0.10 a second multi-device CPU call that starts before the first has finished
+  # can hang both, within one process too (without waiting, this script hung at once).
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "JAX_PLATFORMS": "cpu"}
+  try:
+    result = subprocess.run([sys.executable, "-c", INDEPENDENT_CALLS, mode, str(free_port())],
+                            cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
+  except subprocess.TimeoutExpired:
+    pytest.fail("64 independent multi-device calls did not finish within 180 s")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "close True" in result.stdout, result.stdout
+
+
+def test_single_device_and_single_process_steps_are_not_waited_for():
+  def step(*args):
+    return args
+
+  assert multihost.one_at_a_time(step, 1) is step

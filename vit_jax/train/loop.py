@@ -253,10 +253,10 @@ def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = N
   eval_step = multihost.one_at_a_time(jax.jit(
       step_lib.make_eval_step(model, loss=config.loss, images_per_pass=per_pass,
                               devices=devices),
-      in_shardings=(param_sh, where.batch), out_shardings=repl))
+      in_shardings=(param_sh, where.batch), out_shardings=repl), devices)
   feature_step = multihost.one_at_a_time(jax.jit(
       fewshot.make_feature_step(model, per_pass, devices), in_shardings=(param_sh, where.batch),
-      out_shardings=repl))
+      out_shardings=repl), devices)
   place = where.place_batch
   finite = _FiniteCheck(nonfinite, logger)
   if start == 0 and source is not None and config.fewshot.shots:

@@ -85,14 +85,16 @@ def host_copy(tree: Any) -> Any:
   return jax.tree.map(fetch, tree)
 
 
-def one_at_a_time(step: Callable[..., Any]) -> Callable[..., Any]:
-  """`step`, waiting for each call's result when the run has several processes.
+def one_at_a_time(step: Callable[..., Any], devices: int) -> Callable[..., Any]:
+  """`step`, waiting for each call's result where independent calls may deadlock.
 
   Calls that do not depend on each other (evaluation batches) may otherwise execute at the same
-  time; their cross-process collectives then meet in different orders in different processes
-  and the run deadlocks (seen on CPU under load). Training steps depend on each other already.
+  time. Their collectives then meet in different orders: across processes (seen on a loaded
+  CPU), and on a CPU with several devices also within one process (jaxlib 0.10 hangs when a
+  second such call starts before the first has finished). `devices` is how many devices `step`
+  runs on. Training steps depend on each other already.
   """
-  if jax.process_count() == 1:
+  if jax.process_count() == 1 and (devices == 1 or jax.default_backend() != "cpu"):
     return step
 
   def run(*args: Any) -> Any:
@@ -104,4 +106,4 @@ def one_at_a_time(step: Callable[..., Any]) -> Callable[..., Any]:
 def barrier(name: str) -> None:
   """Waits until every process has reached the barrier called `name` (no-op for one process)."""
   if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(name)
+    multihost_utils.sync_global_devices(name)
