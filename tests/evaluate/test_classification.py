@@ -9,7 +9,7 @@ import pytest
 from vit_jax.data.arrays import ArraySource
 from vit_jax.data.types import Feed
 from vit_jax.evaluate.classification import evaluate
-from vit_jax.train import sharding
+from vit_jax.train import multihost, sharding
 from vit_jax.train.step import make_eval_step
 
 
@@ -31,8 +31,10 @@ def test_each_of_1001_examples_counts_once_with_batch_64(devices):
   mesh = sharding.make_mesh(devices=jax.devices()[:devices])
   model = ConstantModel()
   params = model.init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)))["params"]
-  step = jax.jit(make_eval_step(model, loss="softmax_xent"),
-                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)))
+  # Waited for one call at a time on several CPU devices, as the trainer does (multihost).
+  step = multihost.one_at_a_time(jax.jit(
+      make_eval_step(model, loss="softmax_xent"),
+      in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh))), devices)
   result = evaluate(step, params, src.eval_batches(),
                     lambda b: sharding.global_batch(b, mesh))
   assert result["count"] == n

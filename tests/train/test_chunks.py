@@ -113,12 +113,15 @@ def test_eval_and_feature_steps_in_chunks_equal_one_pass_on_a_sharded_batch():
   mesh, batch = _sharded_batch()
   devices = mesh.size
   assert batch["image"].shape[0] // devices == 4  # 8 devices in the test session
-  whole = jax.jit(make_eval_step(model, loss="softmax_xent", devices=devices))(params, batch)
+  # Each result is waited for before the next call: independent multi-device calls may hang
+  # jaxlib 0.10 on a CPU (multihost.one_at_a_time).
+  whole = jax.block_until_ready(
+      jax.jit(make_eval_step(model, loss="softmax_xent", devices=devices))(params, batch))
   parts = jax.jit(make_eval_step(model, loss="softmax_xent", images_per_pass=1,
                                  devices=devices))(params, batch)
   for key in whole:
     np.testing.assert_allclose(parts[key], whole[key], rtol=1e-6)
-  feats_whole = jax.jit(fewshot.make_feature_step(model))(params, batch)
+  feats_whole = jax.block_until_ready(jax.jit(fewshot.make_feature_step(model))(params, batch))
   feats_parts = jax.jit(fewshot.make_feature_step(model, 2, devices))(params, batch)
   np.testing.assert_allclose(feats_parts["features"], feats_whole["features"], rtol=1e-5,
                              atol=1e-6)
