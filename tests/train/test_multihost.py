@@ -138,7 +138,6 @@ def test_sigterm_during_start_up_ends_a_joined_process(tmp_path):
   assert result.returncode == -signal.SIGTERM, result.stdout + result.stderr
 
 
-
 # 64 evaluation-like calls of a program with a collective over 8 CPU devices, none depending on
 # another; the sum of their results against NumPy's.
 INDEPENDENT_CALLS = """
