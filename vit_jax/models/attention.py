@@ -137,7 +137,7 @@ def heads_first_attention(query: jax.Array, key: jax.Array, value: jax.Array,
 
 
 def _softmax_parts(query: jax.Array, key: jax.Array, value: jax.Array,
-                     bias: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+                   bias: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(exp(logit - max), its sum over the keys, weights @ values), the latter two unnormalised."""
   # Scaling the queries, not the (T x T) logits: XLA:CPU's library fusions take a scalar
   # operand as a materialised array of the operand's shape, which is T / d times larger there.
