@@ -113,7 +113,8 @@ def _main(argv: Sequence[str]) -> None:
 
   # Before any backend starts: the allocator setting holds only for threads that allocate later.
   try:
-    host_memory.configure(config.get("host_memory", "auto"))
+    host_memory.configure(config.get("host_memory", "auto"),
+                          distributed=multihost.will_join(_DISTRIBUTED.value, _COORDINATOR.value))
   except ValueError as e:
     fail(f"{e}; set --config.host_memory to one of them")
   try:

@@ -89,6 +89,15 @@ def test_cluster_launches_are_detected_from_the_environment(env, expected):
   assert multihost.launched_as_cluster(env) is expected
 
 
+@pytest.mark.parametrize("mode,coordinator,env,expected", [
+    ("auto", None, {}, False), ("auto", "127.0.0.1:1", {}, True),
+    ("auto", None, {"SLURM_STEP_NUM_TASKS": "4"}, True), ("on", None, {}, True),
+    ("off", "127.0.0.1:1", {"SLURM_STEP_NUM_TASKS": "4"}, False),
+])
+def test_joining_is_known_before_initializing(mode, coordinator, env, expected):
+  assert multihost.will_join(mode, coordinator, env) is expected
+
+
 def test_single_process_does_not_join(monkeypatch):
   monkeypatch.setattr("jax.distributed.initialize", lambda **kw: pytest.fail("joined"))
   assert multihost.initialize("auto", env={}) is False

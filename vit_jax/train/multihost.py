@@ -29,6 +29,14 @@ def launched_as_cluster(env: Mapping[str, str]) -> bool:
   return "," in env.get("TPU_WORKER_HOSTNAMES", "")  # a TPU slice spanning several hosts
 
 
+def will_join(mode: str, coordinator_address: str | None,
+              env: Mapping[str, str] | None = None) -> bool:
+  """Whether `initialize` with these arguments joins a multi-process run."""
+  env = os.environ if env is None else env
+  return mode == "on" or (mode == "auto" and (coordinator_address is not None
+                                              or launched_as_cluster(env)))
+
+
 def initialize(mode: str = "auto", coordinator_address: str | None = None,
                num_processes: int | None = None, process_id: int | None = None,
                env: Mapping[str, str] | None = None) -> bool:
@@ -46,9 +54,7 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None,
                      "none of them (to let JAX detect a TPU pod or SLURM job)")
   if num_processes is not None and not 0 <= process_id < num_processes:
     raise ValueError(f"--process_id={process_id} is not in 0..{num_processes - 1}")
-  env = os.environ if env is None else env
-  if mode == "off" or (mode == "auto" and coordinator_address is None
-                       and not launched_as_cluster(env)):
+  if not will_join(mode, coordinator_address, env):
     return False
   before = signal.getsignal(signal.SIGTERM)
   jax.distributed.initialize(coordinator_address=coordinator_address,
