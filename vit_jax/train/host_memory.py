@@ -15,7 +15,7 @@ whatever the setting. Two ways keep the step's buffer in the main arena:
 - One CPU device (the usual case): JAX runs each step on the calling thread (async dispatch
   off), and the main thread always allocates from the main arena. XLA's worker threads keep
   their own arenas for the many small buffers they allocate inside kernels; sharing one arena
-  with them made a step 11-18% slower (glibc searching its bins under a contended lock).
+  with them made a training step 13-24% slower (glibc searching its bins under one lock).
 - Several CPU devices, or several processes: a step runs on XLA's worker threads whatever the
   dispatch, so glibc is limited to the main arena alone.
 
