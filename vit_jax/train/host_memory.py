@@ -75,8 +75,8 @@ def configured_cpu_devices() -> int:
   """The CPU devices JAX is told to create (`jax_num_cpu_devices`, else the XLA flag), or 1."""
   import jax  # importing starts no backend
 
-  count = getattr(jax.config, "jax_num_cpu_devices", -1)
-  if isinstance(count, int) and count >= 0:
+  count = jax.config.values.get("jax_num_cpu_devices", -1)
+  if count >= 0:
     return max(count, 1)
   flags = os.environ.get("XLA_FLAGS", "")
   found = re.findall(r"--xla_force_host_platform_device_count=(\d+)", flags)
