@@ -1,13 +1,18 @@
-"""The inference pass compiled with different XLA:CPU compiler options, timed alternately.
+"""A benchmark step compiled with different XLA:CPU compiler options, timed alternately.
 
     python experiments/scale/ab_options.py --model ViT-Ti/16 --batch 8 \
         --options xla_cpu_enable_concurrency_optimized_scheduler=true
+    python experiments/scale/ab_options.py --mode train --options xla_cpu_prefer_vector_width=512
 
 Each `--options` entry is one variant, comma-separated `key=value` pairs (`true`/`false` are
-booleans); the first variant is always XLA's defaults. One process, so every variant sees the
-same machine: `--rounds` rounds of `--steps` timed steps per variant, the order reversed every
-other round. Prints each variant's largest logit difference from the defaults, then the median
-and best step in ms. An option this jaxlib does not know is reported and skipped.
+booleans); the first variant is always the benchmark's own options (XLA's defaults, plus
+`cpu_matmul`'s in training). `--mode infer` (default) times the model's forward pass on the
+whole batch; `--mode train` the benchmark's training step (`vit_jax.benchmark.measure`), with
+freed memory retained as the benchmark does. One process, so every variant sees the same
+machine: `--rounds` rounds of `--steps` timed steps per variant, the order reversed every other
+round. Prints each variant's largest difference from the first (logits in inference, the
+parameters after one step in training), then the median and best step in ms. An option this
+jaxlib does not know is reported and skipped.
 """
 
 from __future__ import annotations
@@ -29,16 +34,7 @@ def parse_options(text: str) -> dict[str, Any]:
   return options
 
 
-def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--model", default="ViT-Ti/16")
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--options", nargs="*", default=[])
-  p.add_argument("--rounds", type=int, default=4)
-  p.add_argument("--steps", type=int, default=10)
-  args = p.parse_args()
-  host_memory.configure("retain")  # before the first computation starts a backend
-
+def _infer_clocks(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> tuple:
   import jax
   import numpy as np
 
@@ -49,24 +45,72 @@ def main() -> None:
   images = jax.numpy.asarray(rng.integers(0, 256, (args.batch, 224, 224, 3), dtype=np.uint8))
   params = jax.jit(lambda: model.init(jax.random.key(0), images[:1])["params"])()
   forward = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
-  variants = {"defaults": {}, **{text: parse_options(text) for text in args.options}}
-  compiled = {}
+  clocks, outputs = {}, {}
   for name, options in variants.items():
     try:
-      compiled[name] = jax.jit(forward, compiler_options=options).lower(params, images).compile()
+      compiled = jax.jit(forward, compiler_options=options).lower(params, images).compile()
     except Exception as e:  # an option unknown to this jaxlib, or a value it refuses
       print(f"{name}: not compiled ({str(e).splitlines()[0]})")
-  reference = np.asarray(compiled["defaults"](params, images))
-  for name, fn in compiled.items():
-    difference = np.abs(np.asarray(fn(params, images)) - reference).max()
-    print(f"{name}: largest logit difference {difference:.1e}")
-  times: dict[str, list[float]] = {name: [] for name in compiled}
-  for r in range(args.rounds):
-    for name in list(compiled)[:: 1 if r % 2 == 0 else -1]:
-      for _ in range(args.steps):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled[name](params, images))
-        times[name].append(time.perf_counter() - start)
+      continue
+    outputs[name] = [np.asarray(compiled(params, images))]
+
+    def clock(compiled: Any = compiled) -> float:
+      start = time.perf_counter()
+      jax.block_until_ready(compiled(params, images))
+      return time.perf_counter() - start
+
+    clocks[name] = clock
+  return clocks, outputs
+
+
+def _train_clocks(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> tuple:
+  import jax
+  import numpy as np
+
+  from vit_jax.benchmark import measure
+  from vit_jax.train import cpu_matmul
+
+  own = cpu_matmul.compiler_options
+  clocks, outputs = {}, {}
+  for name, options in variants.items():
+    # The benchmark's step asks cpu_matmul for its options: add the variant's to them.
+    cpu_matmul.compiler_options = lambda *a, extra=options: {**(own(*a) or {}), **extra}
+    setup = measure.Setup(model=args.model, mode="train", batch=args.batch)
+    try:
+      compiled, step_args, _ = measure.compile_step(setup)
+    except Exception as e:  # an option unknown to this jaxlib, or a value it refuses
+      print(f"{name}: not compiled ({str(e).splitlines()[0]})")
+      continue
+    finally:
+      cpu_matmul.compiler_options = own
+    state, _ = compiled(*step_args)  # the first step's state is donated to the clock
+    outputs[name] = [np.asarray(a) for a in jax.tree.leaves(state.params)]
+    clocks[name] = measure.step_clock(setup, compiled, (state, step_args[1]))
+  return clocks, outputs
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--model", default="ViT-Ti/16")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--mode", default="infer", choices=["infer", "train"])
+  p.add_argument("--options", nargs="*", default=[])
+  p.add_argument("--rounds", type=int, default=4)
+  p.add_argument("--steps", type=int, default=10)
+  args = p.parse_args()
+  host_memory.configure("retain")  # before the first computation starts a backend
+
+  import numpy as np
+
+  from vit_jax.benchmark import measure
+
+  variants = {"defaults": {}, **{text: parse_options(text) for text in args.options}}
+  clocks, outputs = (_train_clocks if args.mode == "train" else _infer_clocks)(args, variants)
+  reference = outputs["defaults"]
+  for name, arrays in outputs.items():
+    difference = max(float(np.abs(a - b).max()) for a, b in zip(arrays, reference, strict=True))
+    print(f"{name}: largest difference from the defaults {difference:.1e}")
+  times = measure.interleave(clocks, warmup=1, steps=args.steps, rounds=args.rounds)
   for name, t in times.items():
     print(f"{name}: median {statistics.median(t) * 1e3:7.1f} ms, best {min(t) * 1e3:7.1f} ms "
           f"over {len(t)} steps")
