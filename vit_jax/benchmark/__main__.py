@@ -19,6 +19,7 @@ import jaxlib
 
 from vit_jax.benchmark import hardware, measure, timm_side
 from vit_jax.benchmark.report import table
+from vit_jax.evaluate import cpu_devices
 from vit_jax.models import registry
 from vit_jax.train import cpu_matmul, host_memory
 
@@ -62,6 +63,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--cpu_matmul", default="auto", choices=cpu_matmul.MODES,
                  help="--mode train on a CPU: weight-gradient products in oneDNN where this "
                       "jaxlib has it (vit_jax/train/cpu_matmul.py); auto: on Intel CPUs")
+  p.add_argument("--cpu_devices", type=_at_least(0), default=0,
+                 help="host devices the CPU is split into, the batch over them; 0: auto (for "
+                      "--mode infer on a CPU-only host, one per core with at least 4 images "
+                      "each, as vit_jax/evaluate/cpu_devices.py; else JAX's own setting)")
   p.add_argument("--host_memory", default="auto", choices=host_memory.MODES,
                  help="keep freed host memory mapped (vit_jax/train/host_memory.py); auto: "
                       "for --mode train on a CPU, as training runs do")
@@ -90,7 +95,13 @@ def run(args: argparse.Namespace) -> dict:
                         fsdp=args.fsdp, moment_dtype=args.moment_dtype,
                         infer_chunk=args.infer_chunk, train_chains=args.train_chains,
                         cpu_matmul=args.cpu_matmul)
-  # Before the first jax.devices(): the allocator setting holds only for later threads.
+  # Before the first jax.devices(): the device count is fixed when JAX's CPU client starts,
+  # and the allocator setting (which depends on that count) holds only for later threads.
+  try:
+    count = cpu_devices.plan(args.cpu_devices, setup.batch, inference=setup.mode == "infer")
+  except ValueError as e:
+    raise ValueError(f"--{e}") from None  # the message starts with the setting's name
+  cpu_devices.configure(count)
   retained = host_memory.configure(measure.host_memory_mode(args.host_memory, setup.mode))
   devices = jax.devices()
   problem = measure.check(setup, len(devices))

@@ -1,0 +1,77 @@
+"""How many host devices an inference process splits the CPU into.
+
+XLA:CPU runs a device's program on a pool of one thread per core and splits each kernel over
+the threads. A forward pass loses much of the second core that way: its kernels are small, some
+(attention's batched products) run on one thread, and each one waits for the slower share. With
+the batch split over one host device per core, the devices' programs run side by side instead.
+On a 2-core Intel Xeon, ViT-Ti/16 inference took 84-96 ms a batch of 8 on two devices against
+98-105 ms on one, and 338 against 401-409 ms at batch 32 (docs/performance.md). Training steps
+lost (403-484 against 323-324 ms), so only inference asks for it.
+
+The device count is fixed when JAX creates its CPU client: call `configure` before
+`jax.devices()` or the first computation.
+"""
+
+from __future__ import annotations
+
+import os
+
+from vit_jax.train import host_memory
+
+# Images per device at least: at 2 (four devices at batch 8) the split gained half as much.
+MIN_IMAGES = 4
+
+
+def usable_cores() -> int:
+  """The cores this process may run on (its CPU affinity, e.g. under `taskset`)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):  # not Linux
+    return os.cpu_count() or 1
+
+
+def plan(requested: int, batch: int, *, inference: bool, cores: int | None = None,
+         platforms: str | None = None) -> int:
+  """Host devices for a process whose steps take `batch` images.
+
+  `requested` when positive (it must divide `batch`). For 0 (auto): 1 for training, where an
+  accelerator may be used, or where the CPU device count is already configured (XLA_FLAGS,
+  `jax_num_cpu_devices`: `configure` then leaves it alone); else the most devices, up to one
+  per usable core, that split the batch evenly into parts of at least `MIN_IMAGES` images.
+  """
+  if requested < 0:
+    raise ValueError(f"cpu_devices {requested} is negative; use 0 (auto) or a device count")
+  if requested:
+    if batch % requested:
+      raise ValueError(f"cpu_devices {requested} does not divide the batch of {batch}; choose "
+                       f"a divisor or 0 (auto)")
+    return requested
+  if (not inference or host_memory.accelerator_possible(platforms)
+      or _count_configured()):
+    return 1
+  cores = usable_cores() if cores is None else cores
+  return next((n for n in range(min(cores, batch // MIN_IMAGES), 1, -1) if batch % n == 0), 1)
+
+
+def _count_configured() -> bool:
+  import jax  # importing starts no backend
+
+  return (jax.config.values.get("jax_num_cpu_devices", -1) >= 0
+          or "--xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""))
+
+
+def configure(count: int) -> None:
+  """Makes JAX's CPU client create `count` devices; 1 leaves JAX's own setting.
+
+  Raises ValueError when JAX's backends already run with another count.
+  """
+  if count <= 1:
+    return
+  import jax
+
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError:  # JAX refuses once its backends exist, unless the value is the same
+    raise ValueError(f"cannot split the CPU into {count} devices: JAX's CPU client already "
+                     f"exists with another count; choose the count before the first "
+                     f"computation") from None
