@@ -11,9 +11,10 @@ from vit_jax.evaluate import cpu_devices
 
 @pytest.fixture
 def unconfigured(monkeypatch):
-  """As a process that has not chosen a CPU device count (the tests run with 8)."""
+  """As a process that has not chosen a CPU device count (the tests run with 8, set by the XLA
+  flag; `jax_num_cpu_devices` stays unset)."""
+  assert jax.config.values["jax_num_cpu_devices"] < 0
   monkeypatch.setenv("XLA_FLAGS", "")
-  monkeypatch.setitem(jax.config.values, "jax_num_cpu_devices", -1)
 
 
 @pytest.mark.parametrize("cores,batch,expected", [
