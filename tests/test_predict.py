@@ -178,3 +178,15 @@ def test_a_1000_class_npz_without_names_is_shown_with_imagenet_names(tmp_path, c
                        "--top_k", "1", *paths]) == 0
   top = json.loads(capsys.readouterr().out)["top"][0]
   assert (top["class"], top["name"]) == (281, "tabby") and top["probability"] > 0.99
+
+
+def test_a_batch_split_over_devices_predicts_as_on_one(tmp_path):
+  module, params = trained_like_run(tmp_path / "run")
+  setup, params, _ = predict.from_run(str(tmp_path / "run"), None)
+  images = predict.read_images(digit_files(tmp_path, 3), setup)
+  forward = predict.make_forward(setup)
+  assert forward.devices == len(jax.devices()) == 8  # 3 images: padded to 8, one each
+  one_device = predict.Forward(jax.jit(lambda p, x: module.apply({"params": p}, x)), 1)
+  np.testing.assert_allclose(predict.predict(images, setup, params, forward),
+                             predict.predict(images, setup, params, one_device),
+                             rtol=1e-5, atol=1e-7)

@@ -15,6 +15,7 @@ for anything that cannot be read.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -112,8 +113,12 @@ def predict(images: np.ndarray, setup: dict[str, Any], params: Any,
   from flax.errors import FlaxError
 
   forward = forward or make_forward(setup)
+  real = len(images)
+  spare = -real % getattr(forward, "devices", 1)  # the batch is split evenly over the devices
+  if spare:
+    images = np.concatenate([images, np.zeros((spare, *images.shape[1:]), images.dtype)])
   try:
-    logits = np.asarray(forward(params, images))
+    logits = np.asarray(forward(params, images))[:real]
   except FlaxError as e:  # parameters of another architecture than the named one
     first = str(e).strip().splitlines()[0][:200]
     raise PredictError(f"the parameters do not fit {setup['model']['name']}: {first}") from None
@@ -124,13 +129,30 @@ def predict(images: np.ndarray, setup: dict[str, Any], params: Any,
 
 
 def make_forward(setup: dict[str, Any]) -> Callable[[Any, np.ndarray], Any]:
-  """The compiled forward pass of `setup`'s model: (params, uint8 images) -> logits."""
+  """The compiled forward pass of `setup`'s model: (params, uint8 images) -> logits, the images
+  split over this process's devices (their number: the function's `devices`; `predict` pads a
+  batch to a multiple of it)."""
   import jax
 
   from vit_jax.models import registry
+  from vit_jax.train import sharding
 
   model = registry.build(setup["model"], setup["num_classes"])
-  return jax.jit(lambda p, x: model.apply({"params": p}, x))
+  mesh = sharding.make_mesh()
+  forward = jax.jit(lambda p, x: model.apply({"params": p}, x),
+                    in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)))
+  return Forward(forward, mesh.size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Forward:
+  """A compiled forward pass, (params, images) -> logits, over `devices` devices."""
+
+  apply: Callable[[Any, np.ndarray], Any]
+  devices: int
+
+  def __call__(self, params: Any, images: np.ndarray) -> Any:
+    return self.apply(params, images)
 
 
 def predict_files(paths: list[str], setup: dict[str, Any], params: Any,
@@ -214,10 +236,17 @@ def main(argv: list[str] | None = None) -> int:
   args = parse(sys.argv[1:] if argv is None else argv)
   from absl import logging as absl_logging
 
+  from vit_jax.evaluate import cpu_devices
   from vit_jax.io.pretrained import PretrainedError
   from vit_jax.io.runs import RunError
 
   absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax logs every restore at INFO
+  # On a CPU-only host, a forward pass runs faster split over one device per core
+  # (vit_jax/evaluate/cpu_devices.py); the count is fixed before JAX starts.
+  try:
+    cpu_devices.configure(cpu_devices.plan(0, args.batch, inference=True))
+  except ValueError:
+    pass  # JAX already runs in this process (main called from Python): keep its devices
   try:
     records = run(args)
   except (PredictError, RunError, PretrainedError) as e:
