@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import cv2
 import jax
@@ -10,6 +13,7 @@ from PIL import Image
 from configs.models import model_config
 from vit_jax import predict
 from vit_jax.data import bundled
+from vit_jax.evaluate import cpu_devices
 from vit_jax.io import npz
 from vit_jax.models import registry
 from vit_jax.train import checkpoint
@@ -190,3 +194,28 @@ def test_a_batch_split_over_devices_predicts_as_on_one(tmp_path):
   np.testing.assert_allclose(predict.predict(images, setup, params, forward),
                              predict.predict(images, setup, params, one_device),
                              rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_the_command_splits_a_cpu_and_predicts_the_same(tmp_path, capsys, monkeypatch):
+  trained_like_run(tmp_path / "run")
+  paths = digit_files(tmp_path, 8)
+  command = ["--workdir", str(tmp_path / "run"), "--json", "--top_k", "10", *paths]
+  assert predict.main(command) == 0  # in this process: JAX already runs on 8 devices
+  here = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+  probe = ("import sys; from vit_jax import predict; code = predict.main(sys.argv[1:]); "
+           "import jax; print(len(jax.devices()), file=sys.stderr); sys.exit(code)")
+  done = subprocess.run([sys.executable, "-c", probe, *command], env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  monkeypatch.setenv("XLA_FLAGS", "")  # as the fresh process: no device count set
+  expected = cpu_devices.plan(0, 8, inference=True, cores=cpu_devices.usable_cores(),
+                              platforms="cpu")
+  assert int(done.stderr.split()[-1]) == expected  # 2 on a 2-core machine
+  fresh = [json.loads(line) for line in done.stdout.splitlines()]
+  for a, b in zip(here, fresh, strict=True):
+    assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
+    np.testing.assert_allclose([t["probability"] for t in b["top"]],
+                               [t["probability"] for t in a["top"]], rtol=1e-5, atol=1e-7)

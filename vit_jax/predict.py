@@ -113,12 +113,8 @@ def predict(images: np.ndarray, setup: dict[str, Any], params: Any,
   from flax.errors import FlaxError
 
   forward = forward or make_forward(setup)
-  real = len(images)
-  spare = -real % getattr(forward, "devices", 1)  # the batch is split evenly over the devices
-  if spare:
-    images = np.concatenate([images, np.zeros((spare, *images.shape[1:]), images.dtype)])
   try:
-    logits = np.asarray(forward(params, images))[:real]
+    logits = np.asarray(forward(params, images))
   except FlaxError as e:  # parameters of another architecture than the named one
     first = str(e).strip().splitlines()[0][:200]
     raise PredictError(f"the parameters do not fit {setup['model']['name']}: {first}") from None
@@ -128,31 +124,39 @@ def predict(images: np.ndarray, setup: dict[str, Any], params: Any,
   return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def make_forward(setup: dict[str, Any]) -> Callable[[Any, np.ndarray], Any]:
-  """The compiled forward pass of `setup`'s model: (params, uint8 images) -> logits, the images
-  split over this process's devices (their number: the function's `devices`; `predict` pads a
-  batch to a multiple of it)."""
+def make_forward(setup: dict[str, Any]) -> Forward:
+  """The compiled forward pass of `setup`'s model, (params, uint8 images) -> logits, split over
+  this process's devices and, on a CPU, run in cache-sized chunks as evaluation is."""
   import jax
 
   from vit_jax.models import registry
-  from vit_jax.train import sharding
+  from vit_jax.train import chunks, sharding
 
   model = registry.build(setup["model"], setup["num_classes"])
   mesh = sharding.make_mesh()
-  forward = jax.jit(lambda p, x: model.apply({"params": p}, x),
-                    in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)))
+  image_shape = (setup["image_size"],) * 2 + (setup["channels"],)
+  per_pass = chunks.images_per_pass(0, model, image_shape, jax.default_backend())
+  forward = jax.jit(
+      lambda p, x: chunks.sharded_apply(lambda part: model.apply({"params": p}, part), x,
+                                        per_pass, mesh.size),
+      in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)))
   return Forward(forward, mesh.size)
 
 
 @dataclasses.dataclass(frozen=True)
 class Forward:
-  """A compiled forward pass, (params, images) -> logits, over `devices` devices."""
+  """A compiled forward pass, (params, images) -> logits, over `devices` devices; a batch that
+  does not split evenly over them is padded, and the padding's rows dropped."""
 
   apply: Callable[[Any, np.ndarray], Any]
   devices: int
 
   def __call__(self, params: Any, images: np.ndarray) -> Any:
-    return self.apply(params, images)
+    real = len(images)
+    spare = -real % self.devices
+    if spare:
+      images = np.concatenate([images, np.zeros((spare, *images.shape[1:]), images.dtype)])
+    return self.apply(params, images)[:real]
 
 
 def predict_files(paths: list[str], setup: dict[str, Any], params: Any,
@@ -244,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
   # On a CPU-only host, a forward pass runs faster split over one device per core
   # (vit_jax/evaluate/cpu_devices.py); the count is fixed before JAX starts.
   try:
-    cpu_devices.configure(cpu_devices.plan(0, args.batch, inference=True))
+    images_per_batch = min(args.batch, len(args.images))
+    cpu_devices.configure(cpu_devices.plan(0, images_per_batch, inference=True))
   except ValueError:
     pass  # JAX already runs in this process (main called from Python): keep its devices
   try:

@@ -14,30 +14,22 @@ The device count is fixed when JAX creates its CPU client: call `configure` befo
 
 from __future__ import annotations
 
-import os
-
+from vit_jax.data.batches import cores as usable_cores
 from vit_jax.train import host_memory
 
 # Images per device at least: at 2 (four devices at batch 8) the split gained half as much.
 MIN_IMAGES = 4
 
 
-def usable_cores() -> int:
-  """The cores this process may run on (its CPU affinity, e.g. under `taskset`)."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except (AttributeError, OSError):  # not Linux
-    return os.cpu_count() or 1
-
-
 def plan(requested: int, batch: int, *, inference: bool, cores: int | None = None,
-         platforms: str | None = None) -> int:
-  """Host devices for a process whose steps take `batch` images.
+         platforms: str | None = None) -> int | None:
+  """Host devices for a process whose steps take `batch` images; None: leave JAX's setting.
 
-  `requested` when positive (it must divide `batch`). For 0 (auto): 1 for training, where an
+  `requested` when positive (it must divide `batch`). For 0 (auto): None for training, where an
   accelerator may be used, or where the CPU device count is already configured (XLA_FLAGS,
-  `jax_num_cpu_devices`: `configure` then leaves it alone); else the most devices, up to one
-  per usable core, that split the batch evenly into parts of at least `MIN_IMAGES` images.
+  `jax_num_cpu_devices`); else the most devices, up to one per usable core (logical CPUs in
+  this process's affinity: a container's CPU quota is not read), that split the batch evenly
+  into parts of at least `MIN_IMAGES` images.
   """
   if requested < 0:
     raise ValueError(f"cpu_devices {requested} is negative; use 0 (auto) or a device count")
@@ -47,31 +39,23 @@ def plan(requested: int, batch: int, *, inference: bool, cores: int | None = Non
                        f"a divisor or 0 (auto)")
     return requested
   if (not inference or host_memory.accelerator_possible(platforms)
-      or _count_configured()):
-    return 1
+      or host_memory.configured_cpu_devices(default=None) is not None):
+    return None
   cores = usable_cores() if cores is None else cores
   return next((n for n in range(min(cores, batch // MIN_IMAGES), 1, -1) if batch % n == 0), 1)
 
 
-def _count_configured() -> bool:
-  import jax  # importing starts no backend
+def configure(count: int | None) -> None:
+  """Makes JAX's CPU client create `count` devices; None leaves JAX's own setting.
 
-  return (jax.config.values.get("jax_num_cpu_devices", -1) >= 0
-          or "--xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""))
-
-
-def configure(count: int) -> None:
-  """Makes JAX's CPU client create `count` devices; 1 leaves JAX's own setting.
-
-  Raises ValueError when JAX's backends already run with another count.
+  Raises ValueError when JAX's backends already run and the count was not set this way before.
   """
-  if count <= 1:
+  if count is None:
     return
   import jax
 
   try:
     jax.config.update("jax_num_cpu_devices", count)
   except RuntimeError:  # JAX refuses once its backends exist, unless the value is the same
-    raise ValueError(f"cannot split the CPU into {count} devices: JAX's CPU client already "
-                     f"exists with another count; choose the count before the first "
-                     f"computation") from None
+    raise ValueError(f"cannot split the CPU into {count} devices: JAX's backends have already "
+                     f"started; choose the count before the first computation") from None

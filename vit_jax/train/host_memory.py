@@ -71,8 +71,9 @@ def accelerator_possible(platforms: str | None = None) -> bool:
   return any(True for _ in pkgutil.iter_modules(jax_plugins.__path__))
 
 
-def configured_cpu_devices() -> int:
-  """The CPU devices JAX is told to create (`jax_num_cpu_devices`, else the XLA flag), or 1."""
+def configured_cpu_devices(default: int | None = 1) -> int | None:
+  """The CPU devices JAX is told to create (`jax_num_cpu_devices`, else the XLA flag), or
+  `default` where neither says."""
   import jax  # importing starts no backend
 
   count = jax.config.values.get("jax_num_cpu_devices", -1)
@@ -80,7 +81,7 @@ def configured_cpu_devices() -> int:
     return max(count, 1)
   flags = os.environ.get("XLA_FLAGS", "")
   found = re.findall(r"--xla_force_host_platform_device_count=(\d+)", flags)
-  return max(int(found[-1]), 1) if found else 1
+  return max(int(found[-1]), 1) if found else default
 
 
 def retain(one_arena: bool) -> bool:
