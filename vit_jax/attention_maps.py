@@ -55,7 +55,8 @@ def layout(model: Mapping[str, Any], height: int, width: int) -> Layout:
 
 
 def inspection_model(model: Mapping[str, Any], num_classes: int) -> Any:
-  """The model of `model` as checkpoints store it: per layer, no remat, Flax's own attention.
+  """The model of `model` as checkpoints store it: per layer, no remat, Flax's own attention,
+  every token computed in the last block (`all_tokens`; else only the class token's query).
 
   None of these settings changes the parameters or the function computed; Flax's attention
   (`plain`) runs on every backend and dtype, so a run trained with cuDNN's kernel can be
@@ -63,8 +64,9 @@ def inspection_model(model: Mapping[str, Any], num_classes: int) -> Any:
   """
   from vit_jax.models import registry
 
-  return registry.build({**model, "scan_layers": False, "remat": "none", "attention": "plain"},
-                        num_classes)
+  module = registry.build({**model, "scan_layers": False, "remat": "none", "attention": "plain"},
+                          num_classes)
+  return module.clone(all_tokens=True) if hasattr(module, "all_tokens") else module
 
 
 def _in_block(module: Any, method: str, names: Sequence[str]) -> bool:

@@ -300,7 +300,9 @@ def test_t2t_layers_block_and_model_match_the_definition(layer):
                              one(second.reshape(2, 16, 72), tt["attention2"]), rtol=1e-4,
                              atol=1e-4)
   block_1 = np_block(out["blocks_0"]["__call__"][0], params["blocks_1"], 2)
-  np.testing.assert_allclose(out["blocks_1"]["__call__"][0], block_1, rtol=1e-4, atol=1e-4)
+  # The last block computes the class token's output alone, the only one the head reads.
+  np.testing.assert_allclose(out["blocks_1"]["__call__"][0], block_1[:, :1], rtol=1e-4,
+                             atol=1e-4)
   logits, block_0_input = np_model(images, params, layer)
   np.testing.assert_allclose(out["blocks_0"]["__call__"][0], np_block(
       block_0_input, params["blocks_0"], 2), rtol=1e-4, atol=1e-4)
@@ -431,12 +433,30 @@ def test_forward_flops_are_the_published_macs_and_xlas_count():
         macs, abs=0.15), name
   for name in ("T2T-ViT-7", "T2T-ViT_t-14"):
     model = section(name)
-    module = t2t.build(model, 1000)
+    module = t2t.build(model, 1000).clone(all_tokens=True)  # the architecture's count
     images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
     params = jax.eval_shape(module.init, jax.random.key(0), images)
     xla = jax.jit(module.apply).lower(params, images).cost_analysis()["flops"]
     ours = t2t.forward_flops(model, (224, 224), 3, 1000)
     assert 0.95 * xla <= ours <= xla, name  # XLA also counts norms, exp, GELU and additions
+
+
+@pytest.mark.parametrize("overrides,train", [({}, False), ({"drop_path": 0.5}, True),
+                                             ({"posemb": "relative"}, False)])
+def test_the_last_block_computes_the_class_token_alone_with_the_same_outputs(
+    overrides, train, class_token_alone):
+  model = t2t.T2TViT(**TINY, **overrides)
+  class_token_alone(model, random_params(model, seed=3), jnp.asarray(images_of(4), jnp.float32),
+                    train=train, tokens=17)  # the class token and 4 x 4 tokens
+
+
+def test_dropout_in_training_keeps_every_token():
+  model = t2t.T2TViT(**TINY, dropout=0.1)
+  params = random_params(model, seed=3)
+  _, state = model.apply({"params": params}, jnp.asarray(images_of(4), jnp.float32), train=True,
+                         rngs={"dropout": jax.random.key(5)}, capture_intermediates=True,
+                         mutable=["intermediates"])
+  assert state["intermediates"]["norm"]["__call__"][0].shape[1] == 17
 
 
 def test_family_description():

@@ -323,7 +323,7 @@ def traced_matmul_flops(jaxpr):
 ])
 def test_forward_flops_are_the_traced_programs_matmuls(name, size, overrides):
   model = section(name, **overrides)
-  module = tnt.build(model, 10)
+  module = tnt.build(model, 10).clone(all_tokens=True)  # the architecture's count
   images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   params = jax.eval_shape(module.init, jax.random.key(0), images)
   traced = traced_matmul_flops(jax.make_jaxpr(module.apply)(params, images).jaxpr)
@@ -346,3 +346,13 @@ def test_family_fields():
   assert not family.recognizes({"embedding": {}, "Transformer": {}})
   assert set(family.defaults) >= {"inner_stride", "drop_path", "gelu", "layernorm_epsilon"}
   assert all(set(p) == set(family.arch_keys) for p in family.presets.values())
+
+
+@pytest.mark.parametrize("overrides,train", [({}, False), ({"drop_path": 0.5}, True),
+                                             ({"posemb": "relative"}, False)])
+def test_the_last_block_computes_the_class_token_alone_with_the_same_outputs(
+    overrides, train, class_token_alone):
+  model = tnt.TNT(**TINY, **overrides)
+  images = jnp.asarray(images_of(4), jnp.float32)
+  class_token_alone(model, random_params(model, images), images, train=train,
+                    tokens=5)  # the class token and 2 x 2 patches

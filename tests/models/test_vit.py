@@ -78,8 +78,8 @@ def test_zero_init_head_outputs_its_bias():
 
 def test_tokens_are_in_raster_order():
   # Without position embeddings the encoder is permutation-equivariant over patches, so moving a
-  # patch must move exactly the matching token of the final sequence.
-  model = VisionTransformer(**TINY, posemb="none")
+  # patch must move exactly the matching token of the final sequence (all of them computed).
+  model = VisionTransformer(**TINY, posemb="none", all_tokens=True)
   params = init(model, (1, 16, 24, 3))
   x = jax.random.normal(jax.random.key(2), (1, 16, 24, 3))
 
@@ -232,3 +232,59 @@ def test_scanned_and_unrolled_layers_drop_the_branches_of_the_right_layers():
     p = layers.to_scanned(params) if scan else params
     np.testing.assert_allclose(model.apply({"params": p}, x, train=True, rngs=key), truth,
                                rtol=1e-5, atol=1e-5)
+
+
+def _encoder_output(model, params, x, **kwargs):
+  _, state = model.apply({"params": params}, x, capture_intermediates=True, **kwargs)
+  return state["intermediates"]["Transformer"]["encoder_norm"]["__call__"][0]
+
+
+@pytest.mark.parametrize("overrides,train,tokens", [
+    ({}, False, 1), ({}, True, 1), ({"dropout": 0.1}, False, 1),
+    ({"all_tokens": True}, False, 5), ({"pool": "gap"}, False, 4),
+    ({"scan_layers": True}, False, 5), ({"dropout": 0.1}, True, 5),
+    ({"attention_dropout": 0.1, "attention": "plain"}, True, 5)])
+def test_the_last_block_computes_the_class_token_alone_where_only_it_is_used(
+    overrides, train, tokens):
+  # 2 x 2 patches and a class token; dropout in training keeps every token so that its masks
+  # are the full computation's.
+  model = VisionTransformer(**{**TINY, **overrides})
+  x = jnp.ones((2, 16, 16, 3))
+  params = init(model, x.shape)
+  out = _encoder_output(model, params, x, train=train, rngs={"dropout": jax.random.key(1)})
+  assert out.shape == (2, tokens, 32)
+
+
+def _noisy(params):
+  # Random parameters everywhere (the head starts at zero, which would hide every gradient).
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(7), len(leaves))
+  return tree.unflatten([a + 0.3 * jax.random.normal(k, a.shape)
+                         for a, k in zip(leaves, keys, strict=True)])
+
+
+def _slow(overrides):
+  return pytest.param(overrides, marks=pytest.mark.slow)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"attention": "heads_first"}, {"posemb": "relative"}, {"drop_path": 0.5},
+    _slow({"attention": "plain"}), _slow({"attention": "xla"}),
+    _slow({"posemb_mode": "every_layer"}), _slow({"remat": "full"}),
+    _slow({"representation_size": 16})])
+def test_the_class_token_alone_gives_the_full_computations_logits_and_gradients(overrides):
+  model = VisionTransformer(**{**TINY, **overrides})
+  full = model.clone(all_tokens=True)
+  x = jax.random.normal(jax.random.key(2), (3, 16, 24, 3))
+  params = _noisy(init(model, x.shape))
+  rngs = {"dropout": jax.random.key(3)}
+
+  def loss(module, p):
+    return jnp.sum(jnp.sin(module.apply({"params": p}, x, train=True, rngs=rngs)))
+
+  np.testing.assert_allclose(model.apply({"params": params}, x),
+                             full.apply({"params": params}, x), rtol=1e-5, atol=1e-5)
+  ours, theirs = jax.grad(loss, 1)(model, params), jax.grad(loss, 1)(full, params)
+  scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(theirs))
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-5 * scale)

@@ -245,7 +245,9 @@ class SelfAttention(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, queries: int = 0) -> jax.Array:
+    """x (..., T, D) -> (..., T, D); with `queries` n > 0, only the first n tokens attend (to
+    all T) and (..., n, D) is returned."""
     width = x.shape[-1]
     if width % self.num_heads:
       raise ValueError(f"width {width} is not a multiple of num_heads {self.num_heads}")
@@ -254,15 +256,21 @@ class SelfAttention(nn.Module):
                 param_dtype=self.param_dtype)
     qkv = [_DenseParams((width,), heads, name=n, **init)() for n in ("query", "key", "value")]
     out_kernel, out_bias = _DenseParams(heads, (width,), name="out", **init)()
-    kernel = jnp.concatenate([k.reshape(width, -1) for k, _ in qkv], axis=1)
-    bias = jnp.concatenate([b.reshape(-1) for _, b in qkv])
-    x, kernel, bias, out_kernel, out_bias = (
-        a.astype(self.dtype) for a in (x, kernel, bias, out_kernel, out_bias))
-    lead = x.shape[:-1]  # (..., T)
-    # The projections multiply 2-D arrays: their gradients run faster on XLA:CPU.
-    packed = jnp.dot(x.reshape(-1, width), kernel) + bias
-    q, k, v = heads_first_parts(packed.reshape(*lead, 3, *heads))
+    x, out_kernel, out_bias = (a.astype(self.dtype) for a in (x, out_kernel, out_bias))
+
+    def project(inputs: jax.Array, params: list[tuple[jax.Array, jax.Array]]) -> jax.Array:
+      # One product for all of `params`, of 2-D arrays: their gradients run faster on XLA:CPU.
+      kernel = jnp.concatenate([k.reshape(width, -1) for k, _ in params], axis=1)
+      bias = jnp.concatenate([b.reshape(-1) for _, b in params])
+      packed = jnp.dot(inputs.reshape(-1, width), kernel.astype(self.dtype))
+      packed = packed + bias.astype(self.dtype)
+      return heads_first_parts(packed.reshape(*inputs.shape[:-1], len(params), *heads))
+
+    if queries:
+      (q,), (k, v) = project(x[..., :queries, :], qkv[:1]), project(x, qkv[1:])
+    else:
+      q, k, v = project(x, qkv)
     bias_qk = None if self.extra_bias is None else self.extra_bias(jnp.swapaxes(q, -2, -3))
     y = jnp.swapaxes(heads_first_attention(q, k, v, bias_qk), -2, -3)  # (..., T, heads, d)
     out = jnp.dot(y.reshape(-1, width), out_kernel.reshape(width, width)) + out_bias
-    return out.reshape(*lead, width)
+    return out.reshape(*y.shape[:-2], width)

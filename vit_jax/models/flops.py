@@ -4,6 +4,10 @@ Only matrix multiplications are counted, at 2 FLOPs per multiply-add, as is usua
 patch embedding, the q/k/v/out projections, the two attention products, the MLP, the optional
 pre-logits layer and the head. Normalisations, softmax, GELU and additions are left out, and so
 is the small attention-pooling probe of `pool=map`.
+
+This is the architecture's count, the one papers publish. A class-token ViT runs fewer: its last
+block computes the class token's output alone (vit_jax.models.vit), 6.9% fewer products for
+ViT-Ti/16 at 224.
 """
 
 from __future__ import annotations

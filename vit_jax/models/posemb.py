@@ -214,13 +214,15 @@ class RelativeEmbedding(nn.Module):
 def relative_bias(table: jax.Array) -> Callable[[jax.Array], jax.Array]:
   """query (B, T, H, d) -> the (B, H, T, T) logit bias q_a . R[a, b] / sqrt(d) of a gathered table.
 
-  Scaled like q.k, so the logits are q_a . (k_b + R[a, b]) / sqrt(d).
+  Scaled like q.k, so the logits are q_a . (k_b + R[a, b]) / sqrt(d). A query of the first
+  n < T tokens (B, n, H, d) gets their n rows, (B, H, n, T).
   """
 
   def bias(query: jax.Array) -> jax.Array:
     # Accumulated and returned in float32, like the q.k logits it is added to.
     scale = jnp.sqrt(jnp.float32(query.shape[-1]))
-    return jnp.einsum("bqhd,qkd->bhqk", query, table.astype(query.dtype),
+    rows = table[:query.shape[1]]  # fewer queries than keys: the first tokens'
+    return jnp.einsum("bqhd,qkd->bhqk", query, rows.astype(query.dtype),
                       preferred_element_type=jnp.float32) / scale
 
   return bias

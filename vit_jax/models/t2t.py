@@ -74,25 +74,31 @@ class Attention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool, queries: int = 0) -> jax.Array:
+    """x (B, T, D) -> (B, T, D); with `queries` n > 0 only the first n tokens attend: (B, n, D)."""
     width = x.shape[-1]
     head_dim = width // self.num_heads
     heads = (*x.shape[:-1], self.num_heads, head_dim)
     qkv = dense(3 * width, "qkv", self.dtype, self.param_dtype, use_bias=False)(x)
     q, k, v = attention.heads_first_parts(qkv.reshape(*x.shape[:-1], 3, *heads[-2:]))
+    if queries:
+      q = q[..., :queries, :]
     bias = None
     if self.relative_grid is not None:  # the class token is the one prefix token
       bias = posemb.relative_bias(posemb.RelativeEmbedding(
           self.relative_grid, head_dim, 1, self.param_dtype, name="relative_posemb")())(
               jnp.swapaxes(q, -2, -3))
     y = attention.heads_first_attention(q, k, v, bias)
-    y = jnp.swapaxes(y, -2, -3).reshape(x.shape)
+    y = jnp.swapaxes(y, -2, -3).reshape(*y.shape[:-3], y.shape[-2], width)
     y = dense(width, "proj", self.dtype, self.param_dtype)(y)
     return nn.Dropout(self.dropout, deterministic=not train)(y)
 
 
 class Block(nn.Module):
-  """Pre-LN block: x + drop_path(attn(norm1(x))), then x + drop_path(mlp(norm2(x)))."""
+  """Pre-LN block: x + drop_path(attn(norm1(x))), then x + drop_path(mlp(norm2(x))).
+
+  With `queries` n > 0 only the first n tokens' outputs are computed (they attend to all).
+  """
 
   num_heads: int
   mlp_dim: int
@@ -101,6 +107,7 @@ class Block(nn.Module):
   gelu: str = "exact"
   layernorm_epsilon: float = 1e-5
   relative_grid: tuple[int, int] | None = None
+  queries: int = 0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -108,7 +115,9 @@ class Block(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     y = Attention(self.num_heads, self.dropout, self.relative_grid, name="attn", **dt)(
-        norm(self, "norm1")(x), train)
+        norm(self, "norm1")(x), train, self.queries)
+    if self.queries:
+      x = x[:, :self.queries]
     x = x + droppath.DropPath(self.drop_path)(y, train)
     y = Mlp(self.mlp_dim, self.dropout, self.gelu, name="mlp", **dt)(norm(self, "norm2")(x), train)
     return x + droppath.DropPath(self.drop_path)(y, train)
@@ -119,7 +128,8 @@ class T2TViT(nn.Module):
 
   Takes images (B, H, W, C) whose sides are multiples of the product of `t2t_strides` and
   returns float32 logits; the class token's final features (or the pre-logits) are sown as
-  `intermediates/features`.
+  `intermediates/features`. As in the ViT, the last block computes the class token's output
+  alone (same logits), except with `all_tokens` or in training with dropout.
   """
 
   num_classes: int
@@ -141,6 +151,7 @@ class T2TViT(nn.Module):
   posemb: str = SINUSOID
   posemb_mode: str = "stem"
   remat: str = "none"
+  all_tokens: bool = False  # compute every token's output in the last block, even if unused
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -176,9 +187,12 @@ class T2TViT(nn.Module):
     if self.remat != "none":  # argument 2 (counting self) is `train`, a Python bool
       block = nn.remat(block, policy=vit.REMAT_POLICIES[self.remat], static_argnums=(2,))
     relative = grid if self.posemb == "relative" else None
+    # Dropout's masks stay the full computation's: no shortcut then.
+    class_token_only = not (self.all_tokens or (train and self.dropout > 0))
     for i, rate in enumerate(droppath.rates(self.drop_path, self.num_layers)):
+      queries = int(class_token_only and i == self.num_layers - 1)
       x = block(self.num_heads, self.mlp_dim, rate, self.dropout, self.gelu,
-                self.layernorm_epsilon, relative, name=f"blocks_{i}", **dt)(
+                self.layernorm_epsilon, relative, queries, name=f"blocks_{i}", **dt)(
                     x if i == 0 else add_posemb(i, x), train)
     x = norm(self, "norm")(x)[:, 0]
     if self.representation_size:

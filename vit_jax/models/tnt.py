@@ -81,7 +81,8 @@ class Attention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool, queries: int = 0) -> jax.Array:
+    """x (B, T, D) -> (B, T, D); with `queries` n > 0 only the first n tokens attend: (B, n, D)."""
     dense = dict(kernel_init=TRUNC, dtype=self.dtype, param_dtype=self.param_dtype)
     width = x.shape[-1]
     head_dim = width // self.num_heads
@@ -89,6 +90,8 @@ class Attention(nn.Module):
     qk = nn.Dense(2 * width, use_bias=False, name="qk", **dense)(x)
     q, k = attention.heads_first_parts(qk.reshape(*x.shape[:-1], 2, *heads[-2:]))
     v = jnp.swapaxes(nn.Dense(width, use_bias=False, name="v", **dense)(x).reshape(heads), -2, -3)
+    if queries:
+      q = q[..., :queries, :]
     bias = None
     if self.relative_grid is not None:  # outer tokens only: the class token is the one prefix
       bias = posemb.relative_bias(posemb.RelativeEmbedding(
@@ -98,7 +101,7 @@ class Attention(nn.Module):
       y = attention.small_attention(q, k, v)
     else:
       y = attention.heads_first_attention(q, k, v, bias)
-    y = jnp.swapaxes(y, -2, -3).reshape(x.shape)
+    y = jnp.swapaxes(y, -2, -3).reshape(*y.shape[:-3], y.shape[-2], width)
     y = nn.Dense(width, name="proj", **dense)(y)
     return nn.Dropout(self.dropout, deterministic=not train)(y)
 
@@ -109,6 +112,8 @@ class Block(nn.Module):
   inner += attn_in(norm_in(inner)); inner += mlp_in(norm_mlp_in(inner)); the patch tokens
   outer[:, 1:] += norm2_proj(proj(norm1_proj(inner of the patch flattened pixel-major to m*c)));
   outer += attn_out(norm_out(outer)); outer += mlp(norm_mlp(outer)). Returns (inner, outer).
+  With `queries` n > 0 the outer attention and MLP compute only the first n outer tokens, which
+  attend to all, and the returned outer is (B, n, d).
   """
 
   inner_heads: int
@@ -120,6 +125,7 @@ class Block(nn.Module):
   gelu: str = "exact"
   layernorm_epsilon: float = 1e-5
   relative_grid: tuple[int, int] | None = None  # of the outer attention's patches
+  queries: int = 0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -144,8 +150,9 @@ class Block(nn.Module):
     update = nn.Dense(width, use_bias=False, kernel_init=TRUNC, name="proj", **dt)(
         norm("norm1_proj")(flat))
     outer = jnp.concatenate([outer[:, :1], outer[:, 1:] + norm("norm2_proj")(update)], axis=1)
-    outer = outer + branch(Attention(self.num_heads, self.dropout, self.relative_grid,
-                                     name="attn_out", **dt)(norm("norm_out")(outer), train))
+    y = Attention(self.num_heads, self.dropout, self.relative_grid, name="attn_out", **dt)(
+        norm("norm_out")(outer), train, self.queries)
+    outer = (outer[:, :self.queries] if self.queries else outer) + branch(y)
     outer = outer + branch(Mlp(self.mlp_dim, name="mlp", **mlp)(norm("norm_mlp")(outer), train))
     return inner, outer
 
@@ -179,7 +186,9 @@ class TNT(nn.Module):
   """TNT classifier: pixel embedding, outer stem, TNT blocks, LayerNorm, class token, head.
 
   Takes images (B, H, W, C) and returns float32 logits; the class token's final features (or
-  the pre-logits) are sown as `intermediates/features`.
+  the pre-logits) are sown as `intermediates/features`. As in the ViT, the last block's outer
+  attention and MLP compute the class token alone (same logits), except with `all_tokens` or in
+  training with dropout.
   """
 
   num_classes: int
@@ -201,6 +210,7 @@ class TNT(nn.Module):
   posemb: str = "learn1d"
   posemb_mode: str = "stem"
   remat: str = "none"
+  all_tokens: bool = False  # compute every outer token in the last block, even if unused
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -244,12 +254,15 @@ class TNT(nn.Module):
     block = Block
     if self.remat != "none":  # argument 3 (counting self) is `train`, a Python bool
       block = nn.remat(block, policy=stack.REMAT_POLICIES[self.remat], static_argnums=(3,))
+    # Dropout's masks stay the full computation's: no shortcut then.
+    class_token_only = not (self.all_tokens or (train and self.dropout > 0))
     for i, rate in enumerate(droppath.rates(self.drop_path, self.num_layers)):
       inner, outer = block(
           inner_heads=self.inner_heads, num_heads=self.num_heads,
           inner_mlp_dim=self.inner_mlp_dim, mlp_dim=self.mlp_dim, drop_path=rate,
           dropout=self.dropout, gelu=self.gelu, layernorm_epsilon=self.layernorm_epsilon,
           relative_grid=(gh, gw) if self.posemb == "relative" else None,
+          queries=int(class_token_only and i == self.num_layers - 1),
           name=f"blocks_{i}", **dt)(inner, outer if i == 0 else add_posemb(i, outer), train)
     x = norm("norm")(outer)[:, 0]
     if self.representation_size:

@@ -29,7 +29,8 @@ class EncoderBlock(nn.Module):
 
   Each branch is dropped per example at rate `drop_path` in training (stochastic depth), or at
   `rate` when given (a scanned layer's). With `scanned` it returns (x, None), the carry and
-  output `nn.scan` expects.
+  output `nn.scan` expects. With `queries` n > 0 it returns only the first n tokens: they attend
+  to every token, but no other token's query, attention output or MLP is computed.
   """
 
   num_heads: int
@@ -43,6 +44,7 @@ class EncoderBlock(nn.Module):
   layernorm_epsilon: float = 1e-6
   drop_path: float = 0.0
   scanned: bool = False
+  queries: int = 0  # 0: every token's output; n > 0: only the first n tokens'
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -58,7 +60,7 @@ class EncoderBlock(nn.Module):
     y = nn.LayerNorm(epsilon=self.layernorm_epsilon, name="LayerNorm_0", **dt)(x)
     if attention.resolve(self.attention, self.dtype, has_bias=bias is not None) == "heads_first":
       y = attention.SelfAttention(num_heads=self.num_heads, extra_bias=bias,
-                                  name="MultiHeadDotProductAttention_1", **dt)(y)
+                                  name="MultiHeadDotProductAttention_1", **dt)(y, self.queries)
     else:
       y = nn.MultiHeadDotProductAttention(
           num_heads=self.num_heads,
@@ -69,8 +71,10 @@ class EncoderBlock(nn.Module):
           attention_fn=attention.attention_fn(self.attention, self.dtype, bias),
           name="MultiHeadDotProductAttention_1",
           **dt,
-      )(y, y)
+      )(y[:, :self.queries] if self.queries else y, y)
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
+    if self.queries:
+      x = x[:, :self.queries]
     x = x + droppath.DropPath(rate)(y, train)
     y = nn.LayerNorm(epsilon=self.layernorm_epsilon, name="LayerNorm_2", **dt)(x)
     mlp = MlpBlock(self.mlp_dim, self.dropout, gelu=self.gelu, name="MlpBlock_3", **dt)
@@ -95,7 +99,9 @@ class Encoder(nn.Module):
   `every_layer_shared` mode) and, in `every_layer` mode, `posembed_layer_{i}` before block i > 0.
   Blocks are `encoderblock_{i}`; with `scan_layers` they are one `nn.scan` named `encoderblock`
   whose parameters have a leading layer axis (vit_jax.io.layers converts between the two).
-  Block i drops its branches at rate `droppath.rates(drop_path, num_layers)[i]`.
+  Block i drops its branches at rate `droppath.rates(drop_path, num_layers)[i]`. With `outputs`
+  n > 0 (and per-layer blocks) only the first n tokens' outputs are computed in the last block
+  and returned: (B, n, D) instead of (B, T, D).
   """
 
   num_layers: int
@@ -111,6 +117,7 @@ class Encoder(nn.Module):
   drop_path: float = 0.0
   remat: str = "none"
   scan_layers: bool = False
+  outputs: int = 0  # 0: every token; n > 0: only the first n tokens (not with scan_layers)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -148,7 +155,9 @@ class Encoder(nn.Module):
     for i in range(0 if self.scan_layers else self.num_layers):
       if i > 0:
         x = add_posemb(i, x)
-      x = block(name=f"encoderblock_{i}", drop_path=rates[i], **settings)(x, train)
+      last = i == self.num_layers - 1
+      x = block(name=f"encoderblock_{i}", drop_path=rates[i], queries=self.outputs * last,
+                **settings)(x, train)
     return nn.LayerNorm(epsilon=self.layernorm_epsilon, name="encoder_norm", dtype=self.dtype,
                         param_dtype=self.param_dtype)(x)
 
@@ -166,6 +175,12 @@ class VisionTransformer(nn.Module):
   float32 head whatever the compute dtype. The pooled (or pre-logits) features are sown as
   `intermediates/features`. With `resnet_layers` (the hybrid) the patches are cut from the
   feature map of a ResNet stem (`vit_jax.models.resnet`) instead of the image.
+
+  With `pool=token` only the class token's output is used, so the last encoder block computes
+  no other token's output (its keys and values still come from every token): the same logits
+  for about 1/12 less of a 12-layer model's work. `all_tokens` computes them all (attention
+  inspection captures every block's queries); so do `scan_layers` (one program for all layers)
+  and training with dropout (so that its random masks are the full computation's).
   """
 
   num_classes: int
@@ -189,6 +204,7 @@ class VisionTransformer(nn.Module):
   scan_layers: bool = False
   resnet_layers: tuple[int, ...] | None = None  # units per stage of a ResNet stem (the hybrid)
   resnet_width: int = 64  # the ResNet root's width; stage b is 4 * width * 2**(b-1) wide
+  all_tokens: bool = False  # compute every token's output in the last block, even if unused
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -226,6 +242,7 @@ class VisionTransformer(nn.Module):
         drop_path=self.drop_path,
         remat=self.remat,
         scan_layers=self.scan_layers,
+        outputs=int(self._class_token_only(train)),
         name="Transformer",
         **dt,
     )(x, grid=grid, num_prefix=int(self.pool == "token"), train=train)
@@ -248,6 +265,11 @@ class VisionTransformer(nn.Module):
         param_dtype=self.param_dtype,
         name="head",
     )(x.astype(jnp.float32))
+
+
+  def _class_token_only(self, train: bool) -> bool:
+    dropout = train and (self.dropout > 0 or self.attention_dropout > 0)
+    return self.pool == "token" and not (self.all_tokens or self.scan_layers or dropout)
 
 
 # The family's presets: Table 1 of the paper (B, L, H) plus the Ti and S widths of DeiT / "How to
