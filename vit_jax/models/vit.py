@@ -176,11 +176,9 @@ class VisionTransformer(nn.Module):
   `intermediates/features`. With `resnet_layers` (the hybrid) the patches are cut from the
   feature map of a ResNet stem (`vit_jax.models.resnet`) instead of the image.
 
-  With `pool=token` only the class token's output is used, so the last encoder block computes
-  no other token's output (its keys and values still come from every token): the same logits
-  for about 1/12 less of a 12-layer model's work. `all_tokens` computes them all (attention
-  inspection captures every block's queries); so do `scan_layers` (one program for all layers)
-  and training with dropout (so that its random masks are the full computation's).
+  With `pool=token` the last block computes the class token's output alone (keys and values
+  still from every token): the same logits for ~1/12 less work. `all_tokens`, `scan_layers`
+  and training with dropout (its masks stay the full computation's) compute every token.
   """
 
   num_classes: int
@@ -228,6 +226,7 @@ class VisionTransformer(nn.Module):
     if self.pool == "token":
       cls = self.param("cls", nn.initializers.zeros, (1, 1, self.hidden_size), self.param_dtype)
       x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (batch, 1, 1)), x], axis=1)
+    dropout = train and (self.dropout > 0 or self.attention_dropout > 0)
     x = Encoder(
         num_layers=self.num_layers,
         num_heads=self.num_heads,
@@ -242,7 +241,7 @@ class VisionTransformer(nn.Module):
         drop_path=self.drop_path,
         remat=self.remat,
         scan_layers=self.scan_layers,
-        outputs=int(self._class_token_only(train)),
+        outputs=int(self.pool == "token" and not (self.all_tokens or self.scan_layers or dropout)),
         name="Transformer",
         **dt,
     )(x, grid=grid, num_prefix=int(self.pool == "token"), train=train)
@@ -265,11 +264,6 @@ class VisionTransformer(nn.Module):
         param_dtype=self.param_dtype,
         name="head",
     )(x.astype(jnp.float32))
-
-
-  def _class_token_only(self, train: bool) -> bool:
-    dropout = train and (self.dropout > 0 or self.attention_dropout > 0)
-    return self.pool == "token" and not (self.all_tokens or self.scan_layers or dropout)
 
 
 # The family's presets: Table 1 of the paper (B, L, H) plus the Ti and S widths of DeiT / "How to
