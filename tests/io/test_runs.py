@@ -1,10 +1,14 @@
 import json
+import os
+import pickle
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 from configs import quickstart
@@ -12,6 +16,7 @@ from vit_jax import configuration
 from vit_jax.data import pipeline
 from vit_jax.data.types import Feed
 from vit_jax.evaluate import __main__ as evaluate_cli
+from vit_jax.evaluate import cpu_devices
 from vit_jax.io import pretrained, runs
 from vit_jax.train import loop
 from vit_jax.train.checkpoint import Checkpointer
@@ -67,6 +72,48 @@ def test_reading_a_run_that_is_saving_leaves_its_temporary_checkpoint_alone(run_
   while (workdir / "checkpoints" / "6.orbax-checkpoint-tmp").exists() and time.time() < deadline:
     time.sleep(0.1)
   assert not (workdir / "checkpoints" / "6.orbax-checkpoint-tmp").exists()
+
+
+@pytest.mark.slow
+def test_a_run_saved_from_eight_devices_is_read_on_one(run_dir, tmp_path):
+  # This process has 8 devices, as the run had; a fresh one has a single CPU device.
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+  probe = ("import pickle, sys, jax; from vit_jax.io import runs\n"
+           "with runs.Run(sys.argv[1]) as run: state = run.state()\n"
+           "pickle.dump((len(jax.devices()), state), open(sys.argv[2], 'wb'))")
+  out = tmp_path / "state.pkl"
+  done = subprocess.run([sys.executable, "-c", probe, str(run_dir), str(out)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  devices, there = pickle.loads(out.read_bytes())
+  with runs.Run(str(run_dir)) as run:
+    here = run.state()
+  assert (devices, len(jax.devices())) == (1, 8)
+  assert jax.tree.structure(there) == jax.tree.structure(here)
+  for a, b in zip(jax.tree.leaves(there), jax.tree.leaves(here), strict=True):
+    assert isinstance(a, np.ndarray) and a.dtype == b.dtype
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_the_command_splits_a_cpu_and_evaluates_the_same(run_dir, monkeypatch):
+  here = evaluate_cli.evaluate_run(str(run_dir))  # this process: JAX already runs
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+  probe = ("import sys; from vit_jax.evaluate.__main__ import main; code = main(sys.argv[1:]); "
+           "import jax; print(len(jax.devices()), file=sys.stderr); sys.exit(code)")
+  done = subprocess.run([sys.executable, "-c", probe, "--workdir", str(run_dir)], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  monkeypatch.setenv("XLA_FLAGS", "")  # as the fresh process: no device count set
+  expected = cpu_devices.plan(0, 16, inference=True, cores=cpu_devices.usable_cores(),
+                              platforms="cpu")  # the run's evaluation batch is 16
+  assert int(done.stderr.split()[-1]) == expected  # 2 on a 2-core machine
+  fresh = json.loads(done.stdout)
+  assert fresh.keys() == here.keys() and fresh["step"] == here["step"]
+  for key in here:
+    assert fresh[key] == pytest.approx(here[key], rel=1e-5, abs=1e-6), key
 
 
 @pytest.mark.slow

@@ -441,8 +441,9 @@ def test_forward_flops_are_the_published_macs_and_xlas_count():
     assert 0.95 * xla <= ours <= xla, name  # XLA also counts norms, exp, GELU and additions
 
 
-@pytest.mark.parametrize("overrides,train", [({}, False), ({"drop_path": 0.5}, True),
-                                             ({"posemb": "relative"}, False)])
+@pytest.mark.parametrize("overrides,train", [
+    ({"drop_path": 0.5}, True), pytest.param({}, False, marks=pytest.mark.slow),
+    pytest.param({"posemb": "relative"}, False, marks=pytest.mark.slow)])
 def test_the_last_block_computes_the_class_token_alone_with_the_same_outputs(
     overrides, train, class_token_alone):
   model = t2t.T2TViT(**TINY, **overrides)

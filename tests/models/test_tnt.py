@@ -348,8 +348,9 @@ def test_family_fields():
   assert all(set(p) == set(family.arch_keys) for p in family.presets.values())
 
 
-@pytest.mark.parametrize("overrides,train", [({}, False), ({"drop_path": 0.5}, True),
-                                             ({"posemb": "relative"}, False)])
+@pytest.mark.parametrize("overrides,train", [
+    ({"drop_path": 0.5}, True), pytest.param({}, False, marks=pytest.mark.slow),
+    pytest.param({"posemb": "relative"}, False, marks=pytest.mark.slow)])
 def test_the_last_block_computes_the_class_token_alone_with_the_same_outputs(
     overrides, train, class_token_alone):
   model = tnt.TNT(**TINY, **overrides)

@@ -268,7 +268,7 @@ def _slow(overrides):
 
 
 @pytest.mark.parametrize("overrides", [
-    {"attention": "heads_first"}, {"posemb": "relative"}, {"drop_path": 0.5},
+    {"attention": "heads_first"}, _slow({"posemb": "relative"}), _slow({"drop_path": 0.5}),
     _slow({"attention": "plain"}), _slow({"attention": "xla"}),
     _slow({"posemb_mode": "every_layer"}), _slow({"remat": "full"}),
     _slow({"representation_size": 16})])

@@ -12,6 +12,7 @@ import argparse
 import functools
 import json
 import math
+import os
 import sys
 from typing import Any
 
@@ -79,6 +80,23 @@ def evaluate_run(workdir: str, step: int | None = None,
   return row
 
 
+def _split_cpu(workdir: str) -> None:
+  """On a CPU-only host, splits the CPU into one device per core for the run's evaluation batch
+  (vit_jax/evaluate/cpu_devices.py), before anything starts JAX's backends."""
+  from vit_jax.evaluate import cpu_devices
+
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      config = json.load(f)
+    batch = int(config["batch_size"]) // int(config.get("accum_steps", 1))
+  except (OSError, ValueError, TypeError, KeyError):
+    return  # evaluate_run reports an unreadable run
+  try:
+    cpu_devices.configure(cpu_devices.plan(0, batch, inference=True))
+  except ValueError:
+    pass  # JAX already runs in this process (main called from Python): keep its devices
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m vit_jax.evaluate",
@@ -94,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
   from vit_jax.io.runs import RunError
 
   absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax logs every restore at INFO
+  _split_cpu(args.workdir)
   try:
     row = evaluate_run(args.workdir, args.step or None, args.shots)
   except (RunError, DatasetError) as e:

@@ -75,7 +75,8 @@ class Run:
     if has_checkpoint(self.workdir):
       options = ocp.CheckpointManagerOptions(read_only=True, create=False)
       self._manager = ocp.CheckpointManager(os.path.join(self.workdir, CHECKPOINTS),
-                                            options=options)
+                                            options=options,
+                                            item_handlers=ocp.StandardCheckpointHandler())
 
   def __enter__(self) -> Run:
     return self
@@ -102,7 +103,13 @@ class Run:
     if step not in self.steps():
       raise RunError(f"{self.workdir} has no checkpoint of step {step}; it has "
                      f"{', '.join(map(str, self.steps()))}")
-    restored = self._manager.restore(step, args=ocp.args.StandardRestore(None))
+    # Every array onto one local device: restoring into the saved shardings would need the
+    # devices the run trained on (Orbax refuses another device count).
+    one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                                            sharding=one_device),
+                          self._manager.item_metadata(step))
+    restored = self._manager.restore(step, args=ocp.args.StandardRestore(target))
     return jax.tree.map(np.asarray, jax.device_get(restored))
 
   def params(self, step: int | None = None) -> dict[str, Any]:
