@@ -1,6 +1,6 @@
 """Where the time of one benchmark step goes: XLA:CPU's kernels, grouped, from a profiler trace.
 
-    python experiments/scale/profile_step.py --model ViT-Ti/16 --batch 8 --mode train
+    python experiments/scale/profile_step.py --model ViT-Ti/16 --batch 8 --mode train [--detail]
 
 Compiles the benchmark's own step (vit_jax.benchmark.measure), runs it `--warmup` times, traces
 `--steps` more with `jax.profiler`, and prints per step:
@@ -11,7 +11,9 @@ Compiles the benchmark's own step (vit_jax.benchmark.measure), runs it `--warmup
 - how busy XLA's two worker threads were: each one's share of the steps' wall time, the share with
   both busy, and the time a thread spent waiting for the other to finish its part of a kernel.
   Kernels overlap, so summed kernel times are not additive; the idle shares are.
-`--keep DIR` keeps the trace.
+`--keep DIR` keeps the trace. `--detail` also prints the matrix products grouped by shape with
+their rate (an Eigen product's trace event is only its launch, so its rate means nothing), and
+the other kernels' time by the part of the step they come from (forward, backward, update).
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ import jax
 from vit_jax.benchmark import measure
 from vit_jax.train import host_memory
 
-_INSTRUCTION = re.compile(r"\s+(?:ROOT )?%([\w.\-]+) = \S+ ([\w\-]+)\(")
+# name, opcode (lazily past a tuple type's spaces)
+_INSTRUCTION = re.compile(r"\s+(?:ROOT )?%([\w.\-]+) = .+? ([\w\-]+)\(")
+# XLA:CPU's call of oneDNN's matmul; the trace names it after the instruction plus this.
+_ONEDNN = "__onednn$matmul"
 _LAYOUT = {"transpose", "copy"}
 # Trace events that mark the runtime's own work, not a kernel.
 _MARKERS = ("$", "end: ", "ThreadpoolListener", "Thunk", "PjRt", "Execute", "SlinkyThreadPool")
@@ -52,11 +57,15 @@ def kinds_from_hlo(hlo_text: str) -> dict[str, str]:
       computations[current].add(m.group(2))
       callee = re.search(r"calls=%([\w.\-]+)", line)
       calls[m.group(1)] = (m.group(2), callee.group(1) if callee else None)
+      if _ONEDNN in line:
+        calls[m.group(1) + _ONEDNN] = ("onednn", None)
   kinds = {}
   for name, (op, callee) in calls.items():
     ops = computations.get(callee, set()) | {op}
     library = "YNNPACK" if name.startswith("ynn") else "XNNPACK" if name.startswith("xnn") else ""
-    if ops & {"dot", "convolution"}:
+    if op == "onednn":
+      kinds[name] = "matrix products (oneDNN)"
+    elif ops & {"dot", "convolution"}:
       kinds[name] = f"matrix products ({library or 'Eigen'})"
     elif "reduce" in ops or "reduce-window" in ops:
       kinds[name] = "reductions"
@@ -65,6 +74,83 @@ def kinds_from_hlo(hlo_text: str) -> dict[str, str]:
     else:
       kinds[name] = "elementwise and other fusions"
   return kinds
+
+
+def _shape(text: str) -> list[int]:
+  m = re.match(r"\w+\[([\d,]*)\]", text)
+  return [int(d) for d in m.group(1).split(",") if d] if m else []
+
+
+def products_from_hlo(hlo_text: str) -> dict[str, tuple[str, float]]:
+  """Kernel name -> (its products' operand and output shapes, their FLOPs), for every kernel
+  of the compiled module that holds a dot."""
+  computations: dict[str, list[tuple[str, str, str, str]]] = {}
+  current = None
+  for line in hlo_text.splitlines():
+    if line and not line.startswith(" ") and line.endswith("{"):
+      current = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
+      computations[current] = []
+      continue
+    m = re.match(r"\s+(?:ROOT )?%([\w.\-]+) = (.+?) ([\w\-]+)\((.*)", line)
+    if m and current is not None:
+      computations[current].append(m.groups())
+
+  def dot(computation: str, output: str, rest: str) -> tuple[str, float]:
+    types = {name: ty for name, ty, _, _ in computations[computation]}
+    lhs, rhs = (_shape(types.get(n, "")) for n in re.findall(r"%([\w.\-]+)", rest)[:2])
+    out = _shape(output.lstrip("("))
+    if _ONEDNN in rest:  # (batch..., M, N) from lhs (..., M, K), transposed where flagged
+      transposed = re.search(r'"transpose_a":(true|false),"transpose_b":(true|false)', rest)
+      a_t, b_t = (transposed.group(i) == "true" for i in (1, 2)) if transposed else (False, False)
+      contracting = str(len(lhs) - (2 if a_t else 1))
+      rhs_contracting = str(len(rhs) - (1 if b_t else 2))
+    else:
+      contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest).group(1)
+      rhs_contracting = re.search(r"rhs_contracting_dims=\{([\d,]*)\}", rest).group(1)
+    depth = 1
+    for d in contracting.split(","):
+      depth *= lhs[int(d)]
+    flops = 2.0 * depth
+    for d in out:
+      flops *= d
+    return f"{lhs} x {rhs}, contracting {contracting} and {rhs_contracting} -> {out}", flops
+
+  def dots(computation: str, depth: int = 0) -> list[tuple[str, float]]:
+    found = []
+    for _, ty, op, rest in computations.get(computation, []):
+      if op == "dot":
+        found.append(dot(computation, ty, rest))
+      callee = re.search(r"calls=%([\w.\-]+)", rest)
+      if callee and depth < 4:
+        found += dots(callee.group(1), depth + 1)
+    return found
+
+  kernels = {}
+  for computation, instructions in computations.items():
+    for name, ty, op, rest in instructions:
+      callee = re.search(r"calls=%([\w.\-]+)", rest)
+      if op == "dot" or _ONEDNN in rest:
+        found = [dot(computation, ty, rest)]
+        name += _ONEDNN if _ONEDNN in rest else ""
+      else:
+        found = dots(callee.group(1)) if callee else []
+      if found:
+        kernels[name] = (" + ".join(label for label, _ in found), sum(f for _, f in found))
+  return kernels
+
+
+def origins_from_hlo(hlo_text: str) -> dict[str, str]:
+  """Kernel name -> the part of the step its JAX operations come from: the forward pass, the
+  backward pass, or the update (the optimizer, the parts' gradient sums), by `op_name`."""
+  origins = {}
+  for line in hlo_text.splitlines():
+    m = re.match(r"\s+(?:ROOT )?%([\w.\-]+) = ", line)
+    op_name = re.search(r'op_name="([^"]*)"', line)
+    if m and op_name:
+      name = op_name.group(1)
+      origins[m.group(1)] = ("backward" if "transpose(jvp(" in name else
+                             "forward" if "jvp(" in name else "update")
+  return origins
 
 
 def load_trace(trace_dir: str) -> list[dict]:
@@ -170,6 +256,9 @@ def main() -> None:
   p.add_argument("--attention", default="auto")
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--keep", default=None, help="keep the trace in this folder")
+  p.add_argument("--detail", action="store_true",
+                 help="also the matrix products by shape, with their GFLOP/s, and the other "
+                      "kernels by the part of the step they come from")
   p.add_argument("--host_memory", default="auto", choices=host_memory.MODES,
                  help="as the benchmark's flag: auto retains freed host memory for --mode train")
   args = p.parse_args()
@@ -179,6 +268,8 @@ def main() -> None:
                         image_size=args.image_size, attention=args.attention)
   compiled, step_args, compile_s = measure.compile_step(setup)
   kinds = kinds_from_hlo(compiled.as_text())
+  products = products_from_hlo(compiled.as_text()) if args.detail else {}
+  origins = origins_from_hlo(compiled.as_text()) if args.detail else {}
   trace_dir = args.keep or tempfile.mkdtemp(prefix="profile_step_")
   times = []
 
@@ -222,6 +313,28 @@ def main() -> None:
   for name, us in per_name.most_common(args.top):
     print(f"  {us / n / 1e3:8.2f} ms  x{count[name] / n:5.1f}  {kinds.get(name, 'other')[:24]:24s}"
           f"  {name[:60]}")
+
+  if products:
+    by_shape = collections.defaultdict(lambda: [0, 0.0, 0.0])
+    for e in kernels:
+      if e["name"] in products:
+        label, flops = products[e["name"]]
+        if _ONEDNN in e["name"]:
+          label += "  (oneDNN)"
+        elif not e["name"].startswith(("ynn", "xnn")):
+          label += "  (Eigen: launch only)"
+        by_shape[label][0] += 1
+        by_shape[label][1] += e["dur"]
+        by_shape[label][2] += flops
+    print("matrix products by shape (ms per step, calls per step, GFLOP/s of the kernel time):")
+    for label, (calls, us, flops) in sorted(by_shape.items(), key=lambda kv: -kv[1][1]):
+      print(f"  {us / n / 1e3:8.1f} ms  x{calls / n:5.0f}  {flops / us / 1e3:7.1f}  {label}")
+    by_origin = collections.Counter()
+    for e in kernels:
+      if e["name"] not in products:
+        by_origin[origins.get(e["name"], "unnamed")] += e["dur"]
+    print("the other kernels by origin (ms per step): " + ", ".join(
+        f"{origin} {us / n / 1e3:.1f}" for origin, us in by_origin.most_common()))
 
 
 if __name__ == "__main__":
