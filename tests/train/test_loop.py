@@ -135,6 +135,25 @@ def test_fsdp_sharded_run_matches_the_replicated_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_replicated_run_resumes_on_an_fsdp_mesh_as_the_uninterrupted_run(tmp_path):
+  config = tiny_config()
+  data = dataset(config)
+  loop.train(config, data, str(tmp_path / "a"))
+  with pytest.raises(Killed):
+    loop.train(config, stop_after(data, 4), str(tmp_path / "b"))
+  resharded = tiny_config()
+  resharded.mesh.update(data=2, fsdp=4, fsdp_min_size=0)  # every kernel and moment split 4 ways
+  loop.train(resharded, data, str(tmp_path / "b"))
+  np.testing.assert_allclose(losses(tmp_path / "b"), losses(tmp_path / "a"), rtol=1e-5,
+                             atol=1e-6)
+  (step_a, a), (step_b, b) = final_params(tmp_path / "a", config), final_params(tmp_path / "b",
+                                                                                 config)
+  assert step_a == step_b == 6
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-5)  # as the FSDP test above
+
+
+@pytest.mark.slow
 def test_scanned_run_saves_per_layer_checkpoints_and_matches_the_plain_run(tmp_path):
   # SGD keeps the update proportional to the gradient, so summation-order noise stays small
   # (Adam would blow up the noise of the near-zero gradients of the first steps).

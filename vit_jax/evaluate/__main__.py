@@ -89,7 +89,7 @@ def _split_cpu(workdir: str) -> None:
     with open(os.path.join(workdir, "config.json")) as f:
       config = json.load(f)
     batch = int(config["batch_size"]) // int(config.get("accum_steps", 1))
-  except (OSError, ValueError, TypeError, KeyError):
+  except (OSError, ValueError, TypeError, KeyError, ZeroDivisionError):
     return  # evaluate_run reports an unreadable run
   try:
     cpu_devices.configure(cpu_devices.plan(0, batch, inference=True))
