@@ -255,14 +255,6 @@ def test_the_last_block_computes_the_class_token_alone_where_only_it_is_used(
   assert out.shape == (2, tokens, 32)
 
 
-def _noisy(params):
-  # Random parameters everywhere (the head starts at zero, which would hide every gradient).
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(7), len(leaves))
-  return tree.unflatten([a + 0.3 * jax.random.normal(k, a.shape)
-                         for a, k in zip(leaves, keys, strict=True)])
-
-
 def _slow(overrides):
   return pytest.param(overrides, marks=pytest.mark.slow)
 
@@ -276,15 +268,20 @@ def test_the_class_token_alone_gives_the_full_computations_logits_and_gradients(
   model = VisionTransformer(**{**TINY, **overrides})
   full = model.clone(all_tokens=True)
   x = jax.random.normal(jax.random.key(2), (3, 16, 24, 3))
-  params = _noisy(init(model, x.shape))
+  # Random parameters everywhere (the head starts at zero, which would hide every gradient),
+  # and jitted functions: op by op, these small models spend seconds compiling each operation.
+  rng = np.random.default_rng(7)
+  params = jax.tree.map(lambda a: jnp.asarray(0.3 * rng.standard_normal(a.shape), a.dtype),
+                        jax.eval_shape(model.init, jax.random.key(0), x)["params"])
   rngs = {"dropout": jax.random.key(3)}
 
   def loss(module, p):
     return jnp.sum(jnp.sin(module.apply({"params": p}, x, train=True, rngs=rngs)))
 
-  np.testing.assert_allclose(model.apply({"params": params}, x),
-                             full.apply({"params": params}, x), rtol=1e-5, atol=1e-5)
-  ours, theirs = jax.grad(loss, 1)(model, params), jax.grad(loss, 1)(full, params)
+  np.testing.assert_allclose(jax.jit(model.apply)({"params": params}, x),
+                             jax.jit(full.apply)({"params": params}, x), rtol=1e-5, atol=1e-5)
+  grad = jax.jit(jax.grad(loss, 1), static_argnums=0)
+  ours, theirs = grad(model, params), grad(full, params)
   scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(theirs))
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
     np.testing.assert_allclose(a, b, atol=1e-5 * scale)
