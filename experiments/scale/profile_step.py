@@ -23,6 +23,7 @@ import collections
 import glob
 import gzip
 import json
+import math
 import os
 import re
 import tempfile
@@ -33,8 +34,8 @@ import jax
 from vit_jax.benchmark import measure
 from vit_jax.train import host_memory
 
-# name, opcode (lazily past a tuple type's spaces)
-_INSTRUCTION = re.compile(r"\s+(?:ROOT )?%([\w.\-]+) = .+? ([\w\-]+)\(")
+# name, type (lazily past a tuple type's spaces), opcode, the rest of the line
+_INSTRUCTION = re.compile(r"\s+(?:ROOT )?%([\w.\-]+) = (.+?) ([\w\-]+)\((.*)")
 # XLA:CPU's call of oneDNN's matmul; the trace names it after the instruction plus this.
 _ONEDNN = "__onednn$matmul"
 _LAYOUT = {"transpose", "copy"}
@@ -42,48 +43,8 @@ _LAYOUT = {"transpose", "copy"}
 _MARKERS = ("$", "end: ", "ThreadpoolListener", "Thunk", "PjRt", "Execute", "SlinkyThreadPool")
 
 
-def kinds_from_hlo(hlo_text: str) -> dict[str, str]:
-  """Kernel name -> kind, from the compiled module's text (the names the trace uses)."""
-  computations: dict[str, set[str]] = {}
-  calls: dict[str, tuple[str, str | None]] = {}
-  current = None
-  for line in hlo_text.splitlines():
-    if line and not line.startswith(" ") and line.endswith("{"):
-      current = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
-      computations[current] = set()
-      continue
-    m = _INSTRUCTION.match(line)
-    if m and current is not None:
-      computations[current].add(m.group(2))
-      callee = re.search(r"calls=%([\w.\-]+)", line)
-      calls[m.group(1)] = (m.group(2), callee.group(1) if callee else None)
-      if _ONEDNN in line:
-        calls[m.group(1) + _ONEDNN] = ("onednn", None)
-  kinds = {}
-  for name, (op, callee) in calls.items():
-    ops = computations.get(callee, set()) | {op}
-    library = "YNNPACK" if name.startswith("ynn") else "XNNPACK" if name.startswith("xnn") else ""
-    if op == "onednn":
-      kinds[name] = "matrix products (oneDNN)"
-    elif ops & {"dot", "convolution"}:
-      kinds[name] = f"matrix products ({library or 'Eigen'})"
-    elif "reduce" in ops or "reduce-window" in ops:
-      kinds[name] = "reductions"
-    elif ops & _LAYOUT and not ops - _LAYOUT - {"bitcast", "parameter", "fusion"}:
-      kinds[name] = "copies and transposes"
-    else:
-      kinds[name] = "elementwise and other fusions"
-  return kinds
-
-
-def _shape(text: str) -> list[int]:
-  m = re.match(r"\w+\[([\d,]*)\]", text)
-  return [int(d) for d in m.group(1).split(",") if d] if m else []
-
-
-def products_from_hlo(hlo_text: str) -> dict[str, tuple[str, float]]:
-  """Kernel name -> (its products' operand and output shapes, their FLOPs), for every kernel
-  of the compiled module that holds a dot."""
+def _computations(hlo_text: str) -> dict[str, list[tuple[str, str, str, str]]]:
+  """Computation name -> its instructions as (name, type, opcode, the text after the opcode)."""
   computations: dict[str, list[tuple[str, str, str, str]]] = {}
   current = None
   for line in hlo_text.splitlines():
@@ -91,49 +52,83 @@ def products_from_hlo(hlo_text: str) -> dict[str, tuple[str, float]]:
       current = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
       computations[current] = []
       continue
-    m = re.match(r"\s+(?:ROOT )?%([\w.\-]+) = (.+?) ([\w\-]+)\((.*)", line)
+    m = _INSTRUCTION.match(line)
     if m and current is not None:
       computations[current].append(m.groups())
+  return computations
+
+
+def _callee(rest: str) -> str | None:
+  m = re.search(r"calls=%([\w.\-]+)", rest)
+  return m.group(1) if m else None
+
+
+def kinds_from_hlo(hlo_text: str) -> dict[str, str]:
+  """Kernel name -> kind, from the compiled module's text (the names the trace uses)."""
+  computations = _computations(hlo_text)
+  ops_of = {name: {op for _, _, op, _ in instructions}
+            for name, instructions in computations.items()}
+  kinds = {}
+  for instructions in computations.values():
+    for name, _, op, rest in instructions:
+      if _ONEDNN in rest:
+        kinds[name + _ONEDNN] = "matrix products (oneDNN)"
+      ops = ops_of.get(_callee(rest), set()) | {op}
+      library = ("YNNPACK" if name.startswith("ynn") else
+                 "XNNPACK" if name.startswith("xnn") else "")
+      if ops & {"dot", "convolution"}:
+        kinds[name] = f"matrix products ({library or 'Eigen'})"
+      elif "reduce" in ops or "reduce-window" in ops:
+        kinds[name] = "reductions"
+      elif ops & _LAYOUT and not ops - _LAYOUT - {"bitcast", "parameter", "fusion"}:
+        kinds[name] = "copies and transposes"
+      else:
+        kinds[name] = "elementwise and other fusions"
+  return kinds
+
+
+def _shape(text: str) -> list[int]:
+  m = re.match(r"\(?\w+\[([\d,]*)\]", text)
+  return [int(d) for d in m.group(1).split(",") if d] if m else []
+
+
+def products_from_hlo(hlo_text: str) -> dict[str, tuple[str, float]]:
+  """Kernel name -> (its products' operand and output shapes, their FLOPs), for every kernel
+  of the compiled module that holds a dot."""
+  computations = _computations(hlo_text)
 
   def dot(computation: str, output: str, rest: str) -> tuple[str, float]:
     types = {name: ty for name, ty, _, _ in computations[computation]}
     lhs, rhs = (_shape(types.get(n, "")) for n in re.findall(r"%([\w.\-]+)", rest)[:2])
-    out = _shape(output.lstrip("("))
     if _ONEDNN in rest:  # (batch..., M, N) from lhs (..., M, K), transposed where flagged
-      transposed = re.search(r'"transpose_a":(true|false),"transpose_b":(true|false)', rest)
-      a_t, b_t = (transposed.group(i) == "true" for i in (1, 2)) if transposed else (False, False)
+      flags = re.search(r'"transpose_a":(true|false),"transpose_b":(true|false)', rest)
+      a_t, b_t = (flags.group(i) == "true" for i in (1, 2)) if flags else (False, False)
       contracting = str(len(lhs) - (2 if a_t else 1))
       rhs_contracting = str(len(rhs) - (1 if b_t else 2))
     else:
       contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest).group(1)
       rhs_contracting = re.search(r"rhs_contracting_dims=\{([\d,]*)\}", rest).group(1)
-    depth = 1
-    for d in contracting.split(","):
-      depth *= lhs[int(d)]
-    flops = 2.0 * depth
-    for d in out:
-      flops *= d
-    return f"{lhs} x {rhs}, contracting {contracting} and {rhs_contracting} -> {out}", flops
+    out = _shape(output)
+    depth = math.prod(lhs[int(d)] for d in contracting.split(","))
+    return (f"{lhs} x {rhs}, contracting {contracting} and {rhs_contracting} -> {out}",
+            2.0 * depth * math.prod(out))
 
-  def dots(computation: str, depth: int = 0) -> list[tuple[str, float]]:
+  def dots(computation: str | None, depth: int = 0) -> list[tuple[str, float]]:
     found = []
     for _, ty, op, rest in computations.get(computation, []):
       if op == "dot":
         found.append(dot(computation, ty, rest))
-      callee = re.search(r"calls=%([\w.\-]+)", rest)
-      if callee and depth < 4:
-        found += dots(callee.group(1), depth + 1)
+      if _callee(rest) and depth < 4:
+        found += dots(_callee(rest), depth + 1)
     return found
 
   kernels = {}
   for computation, instructions in computations.items():
     for name, ty, op, rest in instructions:
-      callee = re.search(r"calls=%([\w.\-]+)", rest)
-      if op == "dot" or _ONEDNN in rest:
-        found = [dot(computation, ty, rest)]
-        name += _ONEDNN if _ONEDNN in rest else ""
+      if _ONEDNN in rest:
+        found, name = [dot(computation, ty, rest)], name + _ONEDNN
       else:
-        found = dots(callee.group(1)) if callee else []
+        found = [dot(computation, ty, rest)] if op == "dot" else dots(_callee(rest))
       if found:
         kernels[name] = (" + ".join(label for label, _ in found), sum(f for _, f in found))
   return kernels
