@@ -144,7 +144,8 @@ class Checkpointer:
   def restore(self, abstract_state: Any = None, step: int | None = None) -> Any:
     """Restores `step` (default: newest) into the structure and shardings of `abstract_state`.
 
-    Without `abstract_state` the checkpoint comes back as a plain pytree of host arrays.
+    Without `abstract_state` it comes back in the shardings it was saved with, which needs the
+    same devices (a reader on other devices goes through `vit_jax.io.runs.Run`).
     """
     step = self.latest_step() if step is None else step
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
