@@ -53,6 +53,22 @@ def test_b16_has_the_paper_recipe():
   assert b16.get_config("gap").model.pool == "gap"
 
 
+def test_a_preset_named_on_the_command_line_replaces_a_custom_configs_sizes():
+  def model_after(overrides):
+    c = quickstart.get_config()  # ViT-custom: every size field set
+    c.update_from_flattened_dict(overrides)
+    return resolved(configuration.name_from_command_line(c, overrides)).model
+
+  m = model_after({"model.name": "ViT-S/16", "model.num_layers": 2})
+  assert (m.patch_size, m.hidden_size, m.num_heads, m.mlp_dim, m.num_layers) == (16, 384, 6,
+                                                                                 1536, 2)
+  assert m.pool == "gap"  # the file's other model keys stay
+  for overrides in ({"lr": 0.1}, {"model.name": "ViT-custom", "model.hidden_size": 64}):
+    m = model_after(overrides)  # no preset named: the file's sizes stay
+    assert (m.patch_size, m.num_layers) == (7, 4)
+    assert m.hidden_size == overrides.get("model.hidden_size", 128)
+
+
 def test_a_name_of_another_family_switches_any_config_and_keeps_only_its_keys(caplog):
   c = b16.get_config()  # a ViT config: posemb, pool, attention ... at their defaults
   c.model.name = "Mixer-B/16"

@@ -34,6 +34,20 @@ def rows(workdir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
+def test_a_preset_named_on_the_command_line_replaces_the_config_files_sizes(tmp_path):
+  # The quickstart's model is a custom size; ViT-Ti/16 at 32 px is 2 x 2 patches of 16.
+  done = cli("--workdir", str(tmp_path / "run"), "--config.model.name=ViT-Ti/16",
+             "--config.model.num_layers=1", "--config.image_size=32", "--config.total_steps=1",
+             "--config.warmup_steps=0", "--config.batch_size=16", "--config.eval_every=0")
+  assert done.returncode == 0, done.stderr[-2000:]
+  model = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+  sizes = {k: model[k] for k in ("patch_size", "hidden_size", "num_heads", "mlp_dim")}
+  assert model["name"] == "ViT-Ti/16" and sizes == {"patch_size": 16, "hidden_size": 192,
+                                                    "num_heads": 3, "mlp_dim": 768}
+  assert model["num_layers"] == 1  # a size the command line set itself stays
+
+
+@pytest.mark.slow
 def test_train_writes_every_output_and_a_second_run_resumes(tmp_path):
   workdir = tmp_path / "run"
   # Scanned layers: the checkpoint holds per-layer names, which the evaluation command reads.

@@ -58,6 +58,27 @@ def resolve_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   return config
 
 
+def name_from_command_line(config: ml_collections.ConfigDict,
+                           overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """`config` with the config file's size fields unset where the command line (`overrides`,
+  flat keys) named a preset, so that the preset's sizes replace the file's; the size fields
+  the command line set stay. A custom name keeps the file's sizes."""
+  name = overrides.get("model.name")
+  if not isinstance(name, str):
+    return config
+  try:
+    family = registry.family_of(name)
+  except registry.ModelNameError:
+    return config  # resolve_model names the closest presets
+  if name not in family.presets:
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key in family.arch_keys:
+    if f"model.{key}" not in overrides and key in config.model:
+      config.model[key] = None
+  return config
+
+
 def _warmup_problem(warmup_steps: int, total_steps: int) -> str | None:
   if warmup_steps >= total_steps:
     return (f"warmup_steps {warmup_steps} is not below total_steps {total_steps}; lower "

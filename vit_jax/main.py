@@ -124,7 +124,8 @@ def _main(argv: Sequence[str]) -> None:
     fail(str(e))
   problem = None
   try:
-    config = configuration.resolve_model(config)
+    config = configuration.resolve_model(configuration.name_from_command_line(
+        config, config_flags.get_override_values(flags.FLAGS["config"])))
     configuration.validate(config, device_count=jax.device_count(),
                            process_count=jax.process_count(), backend=jax.default_backend())
     feed = Feed.from_config(config, jax.process_index(), jax.process_count())
