@@ -247,11 +247,7 @@ def main(argv: list[str] | None = None) -> int:
   absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax logs every restore at INFO
   # On a CPU-only host, a forward pass runs faster split over one device per core
   # (vit_jax/evaluate/cpu_devices.py); the count is fixed before JAX starts.
-  try:
-    images_per_batch = min(args.batch, len(args.images))
-    cpu_devices.configure(cpu_devices.plan(0, images_per_batch, inference=True))
-  except ValueError:
-    pass  # JAX already runs in this process (main called from Python): keep its devices
+  cpu_devices.split_for_inference(min(args.batch, len(args.images)))
   try:
     records = run(args)
   except (PredictError, RunError, PretrainedError) as e:

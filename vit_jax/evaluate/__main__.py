@@ -91,10 +91,7 @@ def _split_cpu(workdir: str) -> None:
     batch = int(config["batch_size"]) // int(config.get("accum_steps", 1))
   except (OSError, ValueError, TypeError, KeyError, ZeroDivisionError):
     return  # evaluate_run reports an unreadable run
-  try:
-    cpu_devices.configure(cpu_devices.plan(0, batch, inference=True))
-  except ValueError:
-    pass  # JAX already runs in this process (main called from Python): keep its devices
+  cpu_devices.split_for_inference(batch)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,3 +59,13 @@ def configure(count: int | None) -> None:
   except RuntimeError:  # JAX refuses once its backends exist, unless the value is the same
     raise ValueError(f"cannot split the CPU into {count} devices: JAX's backends have already "
                      f"started; choose the count before the first computation") from None
+
+
+def split_for_inference(batch: int) -> None:
+  """`configure(plan(0, batch, inference=True))` for a command about to run forward passes of
+  `batch` images; where JAX already runs in this process (the command called from Python), its
+  devices are kept."""
+  try:
+    configure(plan(0, batch, inference=True))
+  except ValueError:
+    pass
