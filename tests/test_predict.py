@@ -25,12 +25,10 @@ MODEL = model_config("ViT-custom", patch_size=7, hidden_size=16, num_layers=1, n
 def trained_like_run(workdir, seed=0, model=MODEL, image_size=28, channels=1):
   """A run's workdir with a checkpoint of random (nonzero-head) parameters, like a trained one."""
   module = registry.build(model, 10)
-  params = module.init(jax.random.key(seed),
-                       jnp.zeros((1, image_size, image_size, channels)))["params"]
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  params = jax.device_get(tree.unflatten(
-      [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]))
+  params = jax.device_get(jax.jit(module.init)(
+      jax.random.key(seed), jnp.zeros((1, image_size, image_size, channels)))["params"])
+  rng = np.random.default_rng(seed + 1)  # NumPy: JAX compiles its draws for every shape
+  params = jax.tree.map(lambda x: x + 0.3 * rng.standard_normal(x.shape, np.float32), params)
   config = {"model": model, "num_classes": 10, "loss": "softmax_xent",
             "image_size": image_size, "image_channels": channels, "eval_resize_small": 0}
   workdir.mkdir()

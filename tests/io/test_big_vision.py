@@ -14,12 +14,9 @@ OURS = {v: k for k, v in big_vision.BLOCK.items()}  # our block part -> big_visi
 def model_and_params(pool, seed=0):
   """A small ViT whose every tensor holds distinct random values."""
   model = VisionTransformer(**SIZE, pool=pool, representation_size=8)
-  params = model.init(jax.random.key(seed), jnp.zeros((1, 12, 12, 3)))["params"]
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-  params = tree.unflatten([0.2 * jax.random.normal(k, x.shape) for x, k in
-                           zip(leaves, keys, strict=True)])
-  return model, jax.device_get(params)
+  shapes = jax.eval_shape(model.init, jax.random.key(seed), jnp.zeros((1, 12, 12, 3)))["params"]
+  rng = np.random.default_rng(seed + 1)  # NumPy: JAX compiles its draws for every shape
+  return model, jax.tree.map(lambda x: 0.2 * rng.standard_normal(x.shape, np.float32), shapes)
 
 
 def write_big_vision(path, params, scanned):

@@ -1,7 +1,5 @@
 """Checks shared by the model families' tests."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,21 +13,20 @@ def _class_token_alone(model, params, images, *, train, tokens, norm="norm"):
   full = model.clone(all_tokens=True)
   rngs = {"dropout": jax.random.key(5)}
 
-  # Jitted: op by op, these small models spend seconds compiling each operation.
-  @functools.partial(jax.jit, static_argnums=0)
-  def run(module, p):
-    out, state = module.apply({"params": p}, images, train=train, rngs=rngs,
-                              capture_intermediates=True, mutable=["intermediates"])
-    return out, state["intermediates"][norm]["__call__"][0]
+  # One jitted program per model (outputs and gradients together): op by op, these small
+  # models spend seconds compiling each operation.
+  def run(module):
+    def loss(p):
+      out, state = module.apply({"params": p}, images, train=train, rngs=rngs,
+                                capture_intermediates=True, mutable=["intermediates"])
+      return jnp.sum(jnp.sin(out)), (out, state["intermediates"][norm]["__call__"][0])
+    (_, (out, seen)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    return out, seen, grads
 
-  (ours, seen), (theirs, all_seen) = run(model, params), run(full, params)
+  (ours, seen, ours_grads), (theirs, all_seen, their_grads) = run(model), run(full)
   assert (seen.shape[1], all_seen.shape[1]) == (1, tokens)
   np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
-
-  def grad(module):
-    return jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(run(module, p)[0]))))(params)
-
-  for a, b in zip(jax.tree.leaves(grad(model)), jax.tree.leaves(grad(full)), strict=True):
+  for a, b in zip(jax.tree.leaves(ours_grads), jax.tree.leaves(their_grads), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 

@@ -31,7 +31,7 @@ def model(family, **overrides):
 
 def random_params(module, seed=0):
   """Every parameter drawn N(0, 0.5^2) (scales 1 + that), so that each table matters."""
-  params = module.init(jax.random.key(0), IMAGES)["params"]
+  params = jax.eval_shape(module.init, jax.random.key(0), IMAGES)["params"]
   flat = traverse_util.flatten_dict(params, sep="/")
   rng = np.random.default_rng(seed)
   out = {path: (1.0 if path.endswith("scale") else 0.0) + rng.normal(0, 0.5, leaf.shape)

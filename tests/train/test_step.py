@@ -138,19 +138,26 @@ def test_update_of_4_micro_batches_equals_the_full_batch_update_to_1e_5():
   assert diff / norm <= 1e-5
 
 
-@pytest.mark.parametrize("accum_steps,chains", [(1, 2), (1, 4), (2, 2)])
-def test_update_computed_in_independent_parts_equals_the_whole_batch_update(accum_steps, chains):
-  # 32 images on 8 devices: each device's 4 (or 2 per micro-batch) split into `chains` parts.
+def _sgd_update(accum_steps, chains):
+  """The first loss and the parameters' change of one SGD step (learning rate 1)."""
   initial = jax.jit(lambda: init_state(VisionTransformer(**TINY), optax.sgd(1.0), (8, 8, 1),
                                        seed=0))().params
+  state, losses, _ = run(accum_steps=accum_steps, steps=1, devices=8, lr=1.0, optimizer="sgd",
+                         chains=chains)
+  return losses[0], [np.asarray(new) - np.asarray(old) for new, old in
+                     zip(jax.tree.leaves(state.params), jax.tree.leaves(initial), strict=True)]
 
-  def update(accum_steps, chains):
-    state, losses, _ = run(accum_steps=accum_steps, steps=1, devices=8, lr=1.0,
-                           optimizer="sgd", chains=chains)
-    return losses[0], [np.asarray(new) - np.asarray(old) for new, old in
-                       zip(jax.tree.leaves(state.params), jax.tree.leaves(initial), strict=True)]
 
-  (whole_loss, whole), (loss, parts) = update(1, 1), update(accum_steps, chains)
+@pytest.fixture(scope="module")
+def whole_batch_update():
+  return _sgd_update(1, 1)
+
+
+@pytest.mark.parametrize("accum_steps,chains", [(1, 2), (1, 4), (2, 2)])
+def test_update_computed_in_independent_parts_equals_the_whole_batch_update(
+    accum_steps, chains, whole_batch_update):
+  # 32 images on 8 devices: each device's 4 (or 2 per micro-batch) split into `chains` parts.
+  (whole_loss, whole), (loss, parts) = whole_batch_update, _sgd_update(accum_steps, chains)
   norm = np.sqrt(sum(np.sum(a ** 2) for a in whole))
   diff = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(whole, parts, strict=True)))
   assert norm > 0.1  # a real update, not a zero one
