@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -138,10 +140,15 @@ def test_update_of_4_micro_batches_equals_the_full_batch_update_to_1e_5():
   assert diff / norm <= 1e-5
 
 
+@functools.cache
+def _initial_params():
+  return jax.jit(lambda: init_state(VisionTransformer(**TINY), optax.sgd(1.0), (8, 8, 1),
+                                    seed=0))().params
+
+
 def _sgd_update(accum_steps, chains):
   """The first loss and the parameters' change of one SGD step (learning rate 1)."""
-  initial = jax.jit(lambda: init_state(VisionTransformer(**TINY), optax.sgd(1.0), (8, 8, 1),
-                                       seed=0))().params
+  initial = _initial_params()
   state, losses, _ = run(accum_steps=accum_steps, steps=1, devices=8, lr=1.0, optimizer="sgd",
                          chains=chains)
   return losses[0], [np.asarray(new) - np.asarray(old) for new, old in
