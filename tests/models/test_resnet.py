@@ -95,6 +95,49 @@ def test_group_norm_uses_32_groups():
   np.testing.assert_allclose(got, np_group_norm(x, scale, bias), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 5, 64), (1, 3, 7, 128)])
+def test_group_norm_outputs_and_gradients_are_flax_group_norms(shape):
+  import flax.linen as nn
+
+  rng = np.random.default_rng(9)
+  x = jnp.asarray(rng.normal(1.0, 2.0, shape), jnp.float32)
+  params = {"scale": jnp.asarray(rng.normal(size=shape[-1:]), jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=shape[-1:]), jnp.float32)}
+  ours, theirs = resnet.GroupNorm(), nn.GroupNorm(num_groups=32, epsilon=1e-6)
+
+  def loss(module):
+    return lambda p, x: jnp.sum(jnp.sin(module.apply({"params": p}, x)))
+
+  want = jax.value_and_grad(loss(theirs), argnums=(0, 1))(params, x)
+  got = jax.value_and_grad(loss(ours), argnums=(0, 1))(params, x)
+  np.testing.assert_allclose(ours.apply({"params": params}, x),
+                             theirs.apply({"params": params}, x), rtol=1e-5, atol=1e-5)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(g, w, atol=1e-5 * float(jnp.max(jnp.abs(w))))
+
+
+def test_group_norm_parameters_are_flax_group_norms():
+  import flax.linen as nn
+
+  x = jnp.ones((1, 2, 2, 64))
+  ours = resnet._norm("gn", {}, zero_scale=True).init(jax.random.key(0), x)["params"]
+  theirs = nn.GroupNorm(num_groups=32, scale_init=nn.initializers.zeros).init(
+      jax.random.key(0), x)["params"]
+  assert jax.tree.map(np.shape, ours) == jax.tree.map(np.shape, theirs)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_group_norm_output_dtype_and_a_channel_count_the_groups_do_not_split():
+  x = jnp.asarray(np.random.default_rng(10).normal(size=(1, 2, 2, 64)), jnp.bfloat16)
+  norm = resnet.GroupNorm(dtype=jnp.bfloat16)
+  params = norm.init(jax.random.key(0), x)
+  assert norm.apply(params, x).dtype == jnp.bfloat16
+  assert resnet.GroupNorm().apply(params, x).dtype == jnp.float32
+  with pytest.raises(ValueError, match="48 channels do not split into 32 groups"):
+    resnet.GroupNorm().init(jax.random.key(0), jnp.ones((1, 2, 2, 48)))
+
+
 def np_bottleneck(p, x, width, stride):
   def gn(name, y):
     return np_group_norm(y, p[name]["scale"], p[name]["bias"])
