@@ -1,5 +1,6 @@
 """The hybrid's ResNet stem against NumPy computations written from the definitions."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,8 +98,6 @@ def test_group_norm_uses_32_groups():
 
 @pytest.mark.parametrize("shape", [(2, 5, 5, 64), (1, 3, 7, 128)])
 def test_group_norm_outputs_and_gradients_are_flax_group_norms(shape):
-  import flax.linen as nn
-
   rng = np.random.default_rng(9)
   x = jnp.asarray(rng.normal(1.0, 2.0, shape), jnp.float32)
   params = {"scale": jnp.asarray(rng.normal(size=shape[-1:]), jnp.float32),
@@ -117,8 +116,6 @@ def test_group_norm_outputs_and_gradients_are_flax_group_norms(shape):
 
 
 def test_group_norm_parameters_are_flax_group_norms():
-  import flax.linen as nn
-
   x = jnp.ones((1, 2, 2, 64))
   ours = resnet._norm("gn", {}, zero_scale=True).init(jax.random.key(0), x)["params"]
   theirs = nn.GroupNorm(num_groups=32, scale_init=nn.initializers.zeros).init(
