@@ -3,6 +3,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from vit_jax.models import registry
 from vit_jax.models.vit import VisionTransformer
 from vit_jax.train import cpu_matmul, sharding
 from vit_jax.train.optim import make_optimizer, make_schedule
@@ -15,7 +16,7 @@ AMD = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1
 def test_modes_are_checked():
   assert cpu_matmul.check_mode("auto") is None
   with pytest.raises(ValueError, match="cpu_matmul 'fast' is not one of auto, onednn, xla"):
-    cpu_matmul.compiler_options("fast", "cpu", "ViT")
+    cpu_matmul.compiler_options("fast", "cpu", "ViT", 192)
 
 
 @pytest.mark.parametrize("text,expected", [(INTEL, True), (AMD, False), (None, False)])
@@ -29,17 +30,30 @@ def test_intel_cpu_reads_the_vendor(tmp_path, text, expected):
 def test_only_cpu_steps_and_only_measured_cases_ask_for_onednn(monkeypatch):
   monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: True)
   monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: False)
-  assert cpu_matmul.compiler_options("auto", "cpu", "ViT") is None  # not measured on others
-  assert cpu_matmul.compiler_options("onednn", "cpu", "ViT") == {
+  assert cpu_matmul.compiler_options("auto", "cpu", "ViT", 384) is None  # not measured on others
+  assert cpu_matmul.compiler_options("onednn", "cpu", "ViT", 384) == {
       "xla_cpu_experimental_onednn_custom_call": True}
-  assert cpu_matmul.compiler_options("onednn", "gpu", "ViT") is None
+  assert cpu_matmul.compiler_options("onednn", "gpu", "ViT", 384) is None
   monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: True)
-  assert cpu_matmul.uses_onednn("auto", "cpu", "TNT")
-  assert not cpu_matmul.uses_onednn("xla", "cpu", "ViT")
-  assert not cpu_matmul.uses_onednn("auto", "cpu", "Mixer")  # measured slower
-  assert cpu_matmul.uses_onednn("onednn", "cpu", "Mixer")  # asked for explicitly
+  assert cpu_matmul.uses_onednn("auto", "cpu", "TNT", 384)
+  assert not cpu_matmul.uses_onednn("xla", "cpu", "ViT", 384)
+  assert not cpu_matmul.uses_onednn("auto", "cpu", "Mixer", 384)  # measured slower
+  assert cpu_matmul.uses_onednn("onednn", "cpu", "Mixer", 768)  # asked for explicitly
   monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: False)  # e.g. jax 0.10
-  assert cpu_matmul.compiler_options("onednn", "cpu", "ViT") is None
+  assert cpu_matmul.compiler_options("onednn", "cpu", "ViT", 384) is None
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("ViT-Ti/16", True), ("ViT-S/16", True), ("TNT-S", True), ("T2T-ViT-14", True),
+    ("ViT-B/16", False), ("R50+ViT-B/16", False), ("ViT-L/16", False), ("Mixer-B/16", False)])
+def test_auto_asks_for_onednn_only_up_to_the_width_measured_faster(monkeypatch, name, expected):
+  """Measured on an Intel Xeon: faster up to width 384, slower at 768 (docs/performance.md)."""
+  monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: True)
+  monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: True)
+  width = registry.section(name)["hidden_size"]
+  family = registry.family_of(name).name
+  assert cpu_matmul.uses_onednn("auto", "cpu", family, width) is expected
+  assert cpu_matmul.uses_onednn("onednn", "cpu", family, width)  # asked for, always
 
 
 def test_the_probe_agrees_with_the_compiler():

@@ -20,7 +20,6 @@ import jaxlib
 from vit_jax.benchmark import hardware, measure, timm_side
 from vit_jax.benchmark.report import table
 from vit_jax.evaluate import cpu_devices
-from vit_jax.models import registry
 from vit_jax.train import cpu_matmul, host_memory
 
 
@@ -62,7 +61,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                       "pass and 4 images; else 1)")
   p.add_argument("--cpu_matmul", default="auto", choices=cpu_matmul.MODES,
                  help="--mode train on a CPU: weight-gradient products in oneDNN where this "
-                      "jaxlib has it (vit_jax/train/cpu_matmul.py); auto: on Intel CPUs")
+                      "jaxlib has it (vit_jax/train/cpu_matmul.py); auto: on Intel CPUs, up to "
+                      "width 384")
   p.add_argument("--cpu_devices", type=_at_least(0), default=0,
                  help="host devices the CPU is split into, the batch over them; 0: auto (for "
                       "--mode infer on a CPU-only host, one per core with at least 4 images "
@@ -118,8 +118,7 @@ def run(args: argparse.Namespace) -> dict:
             "planned_memory_bytes": measure.compiled_memory_bytes(compiled)}
   if setup.mode == "train":
     result["chains"] = measure.train_chains(setup, len(devices))
-    result["onednn_matmul"] = cpu_matmul.uses_onednn(
-        setup.cpu_matmul, jax.default_backend(), registry.family_of(setup.model).name)
+    result["onednn_matmul"] = measure.uses_onednn(setup)
   if setup.mode == "infer":
     per_pass = measure.images_per_pass(setup)
     result["images_per_pass"] = min(per_pass or setup.batch, setup.batch // len(devices))

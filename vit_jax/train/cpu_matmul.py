@@ -13,9 +13,15 @@ instead of aborting the process, and only after a probe compilation showed that 
 Executables with oneDNN calls are not written to JAX's persistent compilation cache (jax
 0.12.0.1 warns `std::bad_alloc` and compiles them again in the next process).
 
+oneDNN's matmul is not faster at every shape: on a 2-core Intel Xeon (family 6, model 167) it
+ran the (784 x 768)^T by (784 x 3072) weight gradient of a width-768 MLP at about half XLA's
+rate (its rate falls at some output widths, 3072 among them, and not at others), and the
+ViT-B/16 and R50+ViT-B/16 training steps took 3-5% longer with it.
+
 Modes: `onednn` asks for it wherever the probe succeeds; `xla` never does; `auto` does on Intel
-CPUs, where it was measured, except for the families it made slower there (`AUTO_SKIPS`), and
-leaves other CPUs (not measured) and accelerators alone.
+CPUs, where it was measured, for the widths it made faster there (hidden size up to
+`AUTO_MAX_WIDTH`) except for the families it made slower (`AUTO_SKIPS`), and leaves other CPUs
+(not measured), wider models and accelerators alone.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ _MARK = "__onednn$matmul"  # the custom call's target in the compiled HLO
 # Families whose training step the option made slower (Intel Xeon, jax 0.12.0.1, batch 8):
 # Mixer-B/16, whose token-mixing weight gradients contract over batch x channels.
 AUTO_SKIPS = ("Mixer",)
+# The widest hidden size whose training step the option made faster (ViT-S/16, TNT-S, T2T-ViT-14:
+# 384); at 768 (ViT-B/16, R50+ViT-B/16) it made the step slower.
+AUTO_MAX_WIDTH = 384
 
 
 def check_mode(mode: str) -> str | None:
@@ -75,19 +84,21 @@ def onednn_available() -> bool:
     return False
 
 
-def uses_onednn(mode: str, backend: str, family: str) -> bool:
-  """Whether a training step of a model of `family` (a registry family's name, e.g. "ViT"),
-  compiled for `backend` in this mode, runs its weight-gradient products in oneDNN."""
+def uses_onednn(mode: str, backend: str, family: str, width: int) -> bool:
+  """Whether a training step of a model of `family` (a registry family's name, e.g. "ViT") and
+  hidden size `width`, compiled for `backend` in this mode, runs its weight-gradient products
+  in oneDNN."""
   problem = check_mode(mode)
   if problem:
     raise ValueError(problem)
   if backend != "cpu" or mode == "xla":
     return False
-  if mode == "auto" and (family in AUTO_SKIPS or not intel_cpu()):
+  if mode == "auto" and (family in AUTO_SKIPS or width > AUTO_MAX_WIDTH or not intel_cpu()):
     return False
   return onednn_available()
 
 
-def compiler_options(mode: str, backend: str, family: str) -> dict[str, Any] | None:
+def compiler_options(mode: str, backend: str, family: str, width: int
+                     ) -> dict[str, Any] | None:
   """`jax.jit`'s `compiler_options` for a training step (None: XLA's defaults)."""
-  return {_OPTION: True} if uses_onednn(mode, backend, family) else None
+  return {_OPTION: True} if uses_onednn(mode, backend, family, width) else None

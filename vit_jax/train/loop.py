@@ -246,7 +246,8 @@ def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = N
       in_shardings=(state_sh, where.batch), out_shardings=(state_sh, repl), donate_argnums=0,
       compiler_options=cpu_matmul.compiler_options(
           config.get("cpu_matmul", "auto"), jax.default_backend(),
-          registry.family_of(config.model.name).name))
+          registry.family_of(config.model.name).name,
+          registry.arch_values(config.model)["hidden_size"]))
   per_pass = chunks.images_per_pass(config.get("infer_chunk", 0), model, image_shape,
                                     jax.default_backend())
   devices = where.mesh.size
