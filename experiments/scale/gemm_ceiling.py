@@ -19,9 +19,9 @@ TOKENS, WIDTH, MLP = 8 * 197, 192, 768
 SHAPES = [(TOKENS, WIDTH, MLP), (TOKENS, MLP, WIDTH), (TOKENS, WIDTH, 3 * WIDTH)]
 
 
-def _rate(fn, flops: float, repeats: int = 40) -> float:
+def _rate(fn, flops: float, repeats: int = 40, warmup: int = 5) -> float:
   """GFLOP/s of fn() (which must block until its result is ready), median of repeats."""
-  for _ in range(5):
+  for _ in range(warmup):
     fn()
   times = []
   for _ in range(repeats):
