@@ -80,7 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
   #                     a GPU or TPU: 1)
   c.host_memory = "auto"  # auto | retain | release: keep freed host memory mapped (glibc), so a
   #                        CPU step's buffers are not page-faulted in again; auto: when on a CPU
-  c.cpu_matmul = "auto"  # auto | onednn | xla: a CPU step's weight-gradient products in oneDNN
+  c.cpu_matmul = "auto"  # auto | onednn | xla: a CPU's products (vit_jax/train/cpu_matmul.py)
   #                       where the jaxlib has it (jax >= 0.12); auto: on Intel CPUs, not Mixers
   # Logging and checkpoints.
   c.log_every = 50

@@ -130,7 +130,7 @@ def make_forward(setup: dict[str, Any]) -> Forward:
   import jax
 
   from vit_jax.models import registry
-  from vit_jax.train import chunks, sharding
+  from vit_jax.train import chunks, cpu_matmul, sharding
 
   model = registry.build(setup["model"], setup["num_classes"])
   mesh = sharding.make_mesh()
@@ -139,7 +139,8 @@ def make_forward(setup: dict[str, Any]) -> Forward:
   forward = jax.jit(
       lambda p, x: chunks.sharded_apply(lambda part: model.apply({"params": p}, part), x,
                                         per_pass, mesh.size),
-      in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)))
+      in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+      compiler_options=cpu_matmul.inference_options("auto", jax.default_backend()))
   return Forward(forward, mesh.size)
 
 

@@ -6,9 +6,10 @@
 
 Each `--options` entry is one variant, comma-separated `key=value` pairs (`true`/`false` are
 booleans); the first variant is always the benchmark's own options (XLA's defaults, plus
-`cpu_matmul`'s in training). `--mode infer` (default) times the model's forward pass on the
-whole batch; `--mode train` the benchmark's training step (`vit_jax.benchmark.measure`), with
-freed memory retained as the benchmark does. One process, so every variant sees the same
+`cpu_matmul`'s). `--mode infer` (default) times the model's forward pass on the whole
+batch; `--mode infer_step` the benchmark's inference step (one host device per core, chunks);
+`--mode train` the benchmark's training step (`vit_jax.benchmark.measure`), with freed memory
+retained as the benchmark does. One process, so every variant sees the same
 machine: `--rounds` rounds of `--steps` timed steps per variant, the order reversed every other
 round. Prints each variant's largest difference from the first (logits in inference, the
 parameters after one step in training), then the median and best step in ms. An option this
@@ -26,12 +27,15 @@ from vit_jax.train import host_memory
 
 
 def parse_options(text: str) -> dict[str, Any]:
-  """'a=1,b=true' -> {'a': '1', 'b': True}."""
-  options = {}
-  for pair in text.split(","):
-    key, _, value = pair.partition("=")
-    options[key] = {"true": True, "false": False}.get(value, value)
-  return options
+  """'a=1,b=true' -> {'a': '1', 'b': True}; a piece without '=' continues the value before it
+  ('a=X,Y,b=1' -> {'a': 'X,Y', 'b': '1'}), as in lists of enum values."""
+  pairs: list[list[str]] = []
+  for piece in text.split(","):
+    if "=" in piece or not pairs:
+      pairs.append(list(piece.partition("=")[::2]))
+    else:
+      pairs[-1][1] += "," + piece
+  return {key: {"true": True, "false": False}.get(value, value) for key, value in pairs}
 
 
 def _infer_clocks(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> tuple:
@@ -89,23 +93,57 @@ def _train_clocks(args: argparse.Namespace, variants: dict[str, dict[str, Any]])
   return clocks, outputs
 
 
+def _infer_step_clocks(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> tuple:
+  """The benchmark's own inference step (one host device per core, chunks), its compilation
+  given the variant's options on top of its own."""
+  import jax
+  import numpy as np
+
+  from vit_jax.benchmark import measure
+
+  own = jax.stages.Lowered.compile
+  clocks, outputs = {}, {}
+  for name, options in variants.items():
+    def compile_with(self, compiler_options=None, extra=options, **kwargs):
+      return own(self, {**(compiler_options or {}), **extra} or None, **kwargs)
+
+    jax.stages.Lowered.compile = compile_with
+    setup = measure.Setup(model=args.model, mode="infer", batch=args.batch)
+    try:
+      compiled, step_args, _ = measure.compile_step(setup)
+    except Exception as e:  # an option unknown to this jaxlib, or a value it refuses
+      print(f"{name}: not compiled ({str(e).splitlines()[0]})")
+      continue
+    finally:
+      jax.stages.Lowered.compile = own
+    outputs[name] = [np.asarray(compiled(*step_args))]
+    clocks[name] = measure.step_clock(setup, compiled, step_args)
+  return clocks, outputs
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--model", default="ViT-Ti/16")
   p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--mode", default="infer", choices=["infer", "train"])
+  p.add_argument("--mode", default="infer", choices=["infer", "infer_step", "train"])
   p.add_argument("--options", nargs="*", default=[])
   p.add_argument("--rounds", type=int, default=4)
   p.add_argument("--steps", type=int, default=10)
   args = p.parse_args()
-  host_memory.configure("retain")  # before the first computation starts a backend
+  if args.mode == "infer_step":  # before the first computation starts a backend
+    from vit_jax.evaluate import cpu_devices
+
+    cpu_devices.configure(cpu_devices.plan(0, args.batch, inference=True))
+  else:
+    host_memory.configure("retain")
 
   import numpy as np
 
   from vit_jax.benchmark import measure
 
   variants = {"defaults": {}, **{text: parse_options(text) for text in args.options}}
-  clocks, outputs = (_train_clocks if args.mode == "train" else _infer_clocks)(args, variants)
+  clock_fns = {"train": _train_clocks, "infer": _infer_clocks, "infer_step": _infer_step_clocks}
+  clocks, outputs = clock_fns[args.mode](args, variants)
   reference = outputs["defaults"]
   for name, arrays in outputs.items():
     difference = max(float(np.abs(a - b).max()) for a, b in zip(arrays, reference, strict=True))

@@ -1,3 +1,5 @@
+import re
+
 import jax
 import ml_collections
 import numpy as np
@@ -101,3 +103,56 @@ def test_onednn_products_give_the_same_gradients():
   assert none == 0 and rewritten > 0  # the option took effect, on the weight gradients
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
+
+
+def test_inference_asks_for_eigen_only_under_auto_on_intel_cpus(monkeypatch):
+  monkeypatch.setattr(cpu_matmul, "eigen_products_available", lambda: True)
+  monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: True)
+  eigen = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+  assert cpu_matmul.inference_options("auto", "cpu") == eigen
+  assert cpu_matmul.inference_options("xla", "cpu") is None
+  assert cpu_matmul.inference_options("onednn", "cpu") is None  # measured under auto only
+  assert cpu_matmul.inference_options("auto", "gpu") is None
+  with pytest.raises(ValueError, match="cpu_matmul 'fast' is not one of"):
+    cpu_matmul.inference_options("fast", "cpu")
+  monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: False)
+  assert cpu_matmul.inference_options("auto", "cpu") is None  # not measured on others
+  monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: True)
+  monkeypatch.setattr(cpu_matmul, "eigen_products_available", lambda: False)
+  assert cpu_matmul.inference_options("auto", "cpu") is None
+
+
+def _ynn_2d_products(hlo_text: str) -> int:
+  """How many of the compiled module's YNNPACK fusions hold a 2-D product."""
+  bodies, current = {}, None
+  for line in hlo_text.splitlines():
+    if line and not line.startswith(" ") and line.endswith("{"):
+      current = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
+      bodies[current] = []
+    elif current is not None:
+      bodies[current].append(line)
+  called = re.findall(r"%ynn_fusion[.\d]* = .*calls=%([\w.\-]+)", hlo_text)
+  product = re.compile(r"= f32\[\d+,\d+\]\S* dot\(")
+  return sum(any(product.search(line) for line in bodies.get(name, [])) for name in called)
+
+
+def _forward_text_and_logits(options):
+  model = VisionTransformer(num_classes=10, patch_size=8, hidden_size=64, num_layers=2,
+                            num_heads=2, mlp_dim=256)
+  images = np.random.default_rng(0).normal(size=(4, 64, 64, 3)).astype(np.float32)
+  params = model.init(jax.random.key(0), images[:1])["params"]
+  params = jax.tree.map(lambda p: p + 0.02 * np.random.default_rng(1).normal(size=p.shape), params)
+  compiled = jax.jit(lambda p, x: model.apply({"params": p}, x),
+                     compiler_options=options).lower(params, images).compile()
+  return compiled.as_text(), np.asarray(compiled(params, images))
+
+
+@pytest.mark.skipif(not cpu_matmul.eigen_products_available(),
+                    reason="this jaxlib does not give lone products to YNNPACK")
+def test_eigen_products_give_the_same_logits():
+  """The option moves the forward pass's lone products out of YNNPACK, and changes only rounding."""
+  ours, logits = _forward_text_and_logits(None)
+  theirs, eigen_logits = _forward_text_and_logits(
+      {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"})
+  assert _ynn_2d_products(ours) > 0 and _ynn_2d_products(theirs) == 0
+  np.testing.assert_allclose(eigen_logits, logits, rtol=0, atol=1e-5 * np.abs(logits).max())

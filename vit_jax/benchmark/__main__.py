@@ -60,9 +60,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                       "0: auto, as training runs (a CPU: parts of at least half an inference "
                       "pass and 4 images; else 1)")
   p.add_argument("--cpu_matmul", default="auto", choices=cpu_matmul.MODES,
-                 help="--mode train on a CPU: weight-gradient products in oneDNN where this "
-                      "jaxlib has it (vit_jax/train/cpu_matmul.py); auto: on Intel CPUs, up to "
-                      "width 384")
+                 help="a CPU's products (vit_jax/train/cpu_matmul.py): --mode train's weight "
+                      "gradients in oneDNN where this jaxlib has it (auto: on Intel CPUs, up to "
+                      "width 384); --mode infer's in Eigen (auto: on Intel CPUs)")
   p.add_argument("--cpu_devices", type=_at_least(0), default=0,
                  help="host devices the CPU is split into, the batch over them; 0: auto (for "
                       "--mode infer on a CPU-only host, one per core with at least 4 images "

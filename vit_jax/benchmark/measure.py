@@ -35,7 +35,7 @@ class Setup:
   input_dtype: str = "float32"  # float32 (in [-1, 1]) | uint8 (what the input pipelines give)
   infer_chunk: int = 0  # inference: images per forward pass and device; 0: auto (as in runs)
   train_chains: int = 0  # training: independent parts per micro-batch and device; 0: auto
-  cpu_matmul: str = "auto"  # training on a CPU: auto | onednn | xla (vit_jax/train/cpu_matmul.py)
+  cpu_matmul: str = "auto"  # a CPU's products: auto | onednn | xla (vit_jax/train/cpu_matmul.py)
 
 
 # The benchmark's flags for the config keys that the model's checks name.
@@ -152,7 +152,9 @@ def compile_step(setup: Setup) -> tuple[Any, tuple[Any, ...], float]:
     per_pass = images_per_pass(setup, model)
     fn = jax.jit(lambda params, x: chunks.sharded_apply(
         lambda part: model.apply({"params": params}, part), x, per_pass, mesh.size),
-                 in_shardings=(state_sh.params, batch_sh))
+                 in_shardings=(state_sh.params, batch_sh),
+                 compiler_options=cpu_matmul.inference_options(setup.cpu_matmul,
+                                                               jax.default_backend()))
     args = (state.params, images)
   else:
     raise ValueError(f"unknown mode '{setup.mode}'; choose train or infer")

@@ -43,7 +43,7 @@ def evaluate_run(workdir: str, step: int | None = None,
   from vit_jax.evaluate import classification, fewshot
   from vit_jax.io import runs
   from vit_jax.models import registry
-  from vit_jax.train import chunks, multihost, sharding
+  from vit_jax.train import chunks, cpu_matmul, multihost, sharding
   from vit_jax.train import step as step_lib
 
   with runs.Run(workdir) as run:
@@ -66,13 +66,16 @@ def evaluate_run(workdir: str, step: int | None = None,
   image_shape = (config.image_size, config.image_size, config.image_channels)
   per_pass = chunks.images_per_pass(config.get("infer_chunk", 0), model, image_shape,
                                     jax.default_backend())
+  forward_options = cpu_matmul.inference_options(config.get("cpu_matmul", "auto"),
+                                                 jax.default_backend())
   eval_step = multihost.one_at_a_time(jax.jit(
       step_lib.make_eval_step(model, loss=config.loss, images_per_pass=per_pass,
                               devices=mesh.size),
-      in_shardings=(repl, batch), out_shardings=repl), mesh.size)
+      in_shardings=(repl, batch), out_shardings=repl, compiler_options=forward_options),
+      mesh.size)
   feature_step = multihost.one_at_a_time(jax.jit(
       fewshot.make_feature_step(model, per_pass, mesh.size), in_shardings=(repl, batch),
-      out_shardings=repl), mesh.size)
+      out_shardings=repl, compiler_options=forward_options), mesh.size)
   place = functools.partial(sharding.global_batch, mesh=mesh)
   result = classification.evaluate(eval_step, params, data.eval_batches(), place)
   row = {"step": step, "eval/accuracy": result["accuracy"], "eval/loss": result["loss"]}

@@ -1,4 +1,5 @@
-"""Which kernels XLA:CPU runs a training step's weight-gradient products with: its own or oneDNN's.
+"""Which library XLA:CPU multiplies with: a training step's weight gradients in oneDNN or in
+XLA's own kernels, a forward pass's products in Eigen or in YNNPACK.
 
 jaxlib releases built with oneDNN hand 2-D `dot`s to oneDNN's matmul when compiled with the
 option `xla_cpu_experimental_onednn_custom_call`. In a ViT's training step XLA:CPU then
@@ -18,10 +19,19 @@ ran the (784 x 768)^T by (784 x 3072) weight gradient of a width-768 MLP at abou
 rate (its rate falls at some output widths, 3072 among them, and not at others), and the
 ViT-B/16 and R50+ViT-B/16 training steps took 3-5% longer with it.
 
+Inference (`inference_options`): XLA:CPU's default hands a lone 2-D product to YNNPACK; given
+its fusion types as a list without `LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT` (per compilation: the
+`-TYPE` form is refused there), YNNPACK keeps its reductions and the products go to Eigen. On
+the model-167 Xeon that made the CPU table's forward passes 1-7% faster (Mixer-B/16 and
+R50+ViT-B/16 the most; ViT-Ti/16 at batch 8 with jax 0.10.2 unchanged), with jax 0.10.2 and
+0.12.0.1 alike, as Eigen's `x @ w` is the faster at most dense-layer shapes there; in training
+it is not (Eigen's `g @ w.T` is slow), so only forward passes ask for it.
+
 Modes: `onednn` asks for it wherever the probe succeeds; `xla` never does; `auto` does on Intel
 CPUs, where it was measured, for the widths it made faster there (hidden size up to
 `AUTO_MAX_WIDTH`) except for the families it made slower (`AUTO_SKIPS`), and leaves other CPUs
-(not measured), wider models and accelerators alone.
+(not measured), wider models and accelerators alone; for inference only `auto` asks for Eigen's
+products, on Intel CPUs.
 """
 
 from __future__ import annotations
@@ -33,6 +43,10 @@ MODES = ("auto", "onednn", "xla")
 
 _OPTION = "xla_cpu_experimental_onednn_custom_call"
 _MARK = "__onednn$matmul"  # the custom call's target in the compiled HLO
+_FUSION_TYPES = "xla_cpu_experimental_ynn_fusion_type"
+# XLA's default list is INDIVIDUAL_DOT and REDUCE: without the former a lone product is Eigen's.
+_NO_LONE_PRODUCTS = "LIBRARY_FUSION_TYPE_REDUCE"
+_YNN = "ynn_fusion"  # YNNPACK's fusions' names in the compiled HLO
 # Families whose training step the option made slower (Intel Xeon, jax 0.12.0.1, batch 8):
 # Mixer-B/16, whose token-mixing weight gradients contract over batch x channels.
 AUTO_SKIPS = ("Mixer",)
@@ -102,3 +116,30 @@ def compiler_options(mode: str, backend: str, family: str, width: int
                      ) -> dict[str, Any] | None:
   """`jax.jit`'s `compiler_options` for a training step (None: XLA's defaults)."""
   return {_OPTION: True} if uses_onednn(mode, backend, family, width) else None
+
+
+@functools.cache
+def eigen_products_available() -> bool:
+  """Whether this jaxlib gives a lone product to YNNPACK by default and to Eigen when compiled
+  without YNNPACK's lone products (probed once)."""
+  import jax
+  import jax.numpy as jnp
+
+  operand = jax.ShapeDtypeStruct((256, 256), jnp.float32)
+  try:
+    lowered = jax.jit(lambda a, b: a @ b).lower(operand, operand)
+    return (_YNN in lowered.compile().as_text()
+            and _YNN not in lowered.compile({_FUSION_TYPES: _NO_LONE_PRODUCTS}).as_text())
+  except Exception:  # an unknown option or value (INVALID_ARGUMENT), or no CPU backend
+    return False
+
+
+def inference_options(mode: str, backend: str) -> dict[str, Any] | None:
+  """`jax.jit`'s `compiler_options` for a forward pass (None: XLA's defaults): under `auto`, on
+  an Intel CPU, its 2-D products in Eigen instead of YNNPACK."""
+  problem = check_mode(mode)
+  if problem:
+    raise ValueError(problem)
+  if backend != "cpu" or mode != "auto" or not intel_cpu():
+    return None
+  return {_FUSION_TYPES: _NO_LONE_PRODUCTS} if eigen_products_available() else None

@@ -251,13 +251,16 @@ def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = N
   per_pass = chunks.images_per_pass(config.get("infer_chunk", 0), model, image_shape,
                                     jax.default_backend())
   devices = where.mesh.size
+  forward_options = cpu_matmul.inference_options(config.get("cpu_matmul", "auto"),
+                                                 jax.default_backend())
   eval_step = multihost.one_at_a_time(jax.jit(
       step_lib.make_eval_step(model, loss=config.loss, images_per_pass=per_pass,
                               devices=devices),
-      in_shardings=(param_sh, where.batch), out_shardings=repl), devices)
+      in_shardings=(param_sh, where.batch), out_shardings=repl,
+      compiler_options=forward_options), devices)
   feature_step = multihost.one_at_a_time(jax.jit(
       fewshot.make_feature_step(model, per_pass, devices), in_shardings=(param_sh, where.batch),
-      out_shardings=repl), devices)
+      out_shardings=repl, compiler_options=forward_options), devices)
   place = where.place_batch
   finite = _FiniteCheck(nonfinite, logger)
   if start == 0 and source is not None and config.fewshot.shots:
