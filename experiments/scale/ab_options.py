@@ -67,26 +67,35 @@ def _infer_clocks(args: argparse.Namespace, variants: dict[str, dict[str, Any]])
   return clocks, outputs
 
 
-def _train_clocks(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> tuple:
-  import jax
-  import numpy as np
-
+def _compiled_steps(args: argparse.Namespace, variants: dict[str, dict[str, Any]], mode: str):
+  """(name, setup, compiled step, its arguments) of each variant: the benchmark's step of `mode`,
+  compiled with the variant's options added to those `cpu_matmul` gives it."""
   from vit_jax.benchmark import measure
   from vit_jax.train import cpu_matmul
 
-  own = cpu_matmul.compiler_options
-  clocks, outputs = {}, {}
+  attribute = "compiler_options" if mode == "train" else "inference_options"
+  own = getattr(cpu_matmul, attribute)
   for name, options in variants.items():
-    # The benchmark's step asks cpu_matmul for its options: add the variant's to them.
-    cpu_matmul.compiler_options = lambda *a, extra=options: {**(own(*a) or {}), **extra}
-    setup = measure.Setup(model=args.model, mode="train", batch=args.batch)
+    setattr(cpu_matmul, attribute, lambda *a, extra=options: {**(own(*a) or {}), **extra})
+    setup = measure.Setup(model=args.model, mode=mode, batch=args.batch)
     try:
       compiled, step_args, _ = measure.compile_step(setup)
     except Exception as e:  # an option unknown to this jaxlib, or a value it refuses
       print(f"{name}: not compiled ({str(e).splitlines()[0]})")
       continue
     finally:
-      cpu_matmul.compiler_options = own
+      setattr(cpu_matmul, attribute, own)
+    yield name, setup, compiled, step_args
+
+
+def _train_clocks(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> tuple:
+  import jax
+  import numpy as np
+
+  from vit_jax.benchmark import measure
+
+  clocks, outputs = {}, {}
+  for name, setup, compiled, step_args in _compiled_steps(args, variants, "train"):
     state, _ = compiled(*step_args)  # the first step's state is donated to the clock
     outputs[name] = [np.asarray(a) for a in jax.tree.leaves(state.params)]
     clocks[name] = measure.step_clock(setup, compiled, (state, step_args[1]))
@@ -94,28 +103,13 @@ def _train_clocks(args: argparse.Namespace, variants: dict[str, dict[str, Any]])
 
 
 def _infer_step_clocks(args: argparse.Namespace, variants: dict[str, dict[str, Any]]) -> tuple:
-  """The benchmark's own inference step (one host device per core, chunks), its compilation
-  given the variant's options on top of its own."""
-  import jax
+  """The benchmark's own inference step (one host device per core, chunks)."""
   import numpy as np
 
   from vit_jax.benchmark import measure
 
-  own = jax.stages.Lowered.compile
   clocks, outputs = {}, {}
-  for name, options in variants.items():
-    def compile_with(self, compiler_options=None, extra=options, **kwargs):
-      return own(self, {**(compiler_options or {}), **extra} or None, **kwargs)
-
-    jax.stages.Lowered.compile = compile_with
-    setup = measure.Setup(model=args.model, mode="infer", batch=args.batch)
-    try:
-      compiled, step_args, _ = measure.compile_step(setup)
-    except Exception as e:  # an option unknown to this jaxlib, or a value it refuses
-      print(f"{name}: not compiled ({str(e).splitlines()[0]})")
-      continue
-    finally:
-      jax.stages.Lowered.compile = own
+  for name, setup, compiled, step_args in _compiled_steps(args, variants, "infer"):
     outputs[name] = [np.asarray(compiled(*step_args))]
     clocks[name] = measure.step_clock(setup, compiled, step_args)
   return clocks, outputs
