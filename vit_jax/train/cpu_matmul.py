@@ -22,7 +22,7 @@ ViT-B/16 and R50+ViT-B/16 training steps took 3-5% longer with it.
 Inference (`inference_options`): XLA:CPU's default hands a lone 2-D product to YNNPACK; given
 its fusion types as a list without `LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT` (per compilation: the
 `-TYPE` form is refused there), YNNPACK keeps its reductions and the products go to Eigen. On
-the model-167 Xeon that made the CPU table's forward passes 1-7% faster (Mixer-B/16 and
+the model-167 Xeon that made the CPU table's forward passes 1-8% faster (Mixer-B/16 and
 R50+ViT-B/16 the most; ViT-Ti/16 at batch 8 with jax 0.10.2 unchanged), with jax 0.10.2 and
 0.12.0.1 alike, as Eigen's `x @ w` is the faster at most dense-layer shapes there; in training
 it is not (Eigen's `g @ w.T` is slow), so only forward passes ask for it.
