@@ -48,7 +48,8 @@ _FUSION_TYPES = "xla_cpu_experimental_ynn_fusion_type"
 _NO_LONE_PRODUCTS = "LIBRARY_FUSION_TYPE_REDUCE"
 _YNN = "ynn_fusion"  # YNNPACK's fusions' names in the compiled HLO
 # Families whose training step the option made slower (Intel Xeon, jax 0.12.0.1, batch 8):
-# Mixer-B/16, whose token-mixing weight gradients contract over batch x channels.
+# Mixer-B/16 (its token-mixing weight gradients contract over batch x channels, and its
+# channel MLP's have 3072 columns, one of oneDNN's slow widths: the module's docstring).
 AUTO_SKIPS = ("Mixer",)
 # The widest hidden size whose training step the option made faster (ViT-S/16, TNT-S, T2T-ViT-14:
 # 384); at 768 (ViT-B/16, R50+ViT-B/16) it made the step slower.
