@@ -51,8 +51,8 @@ _YNN = "ynn_fusion"  # YNNPACK's fusions' names in the compiled HLO
 # Mixer-B/16 (its token-mixing weight gradients contract over batch x channels, and its
 # channel MLP's have 3072 columns, one of oneDNN's slow widths: the module's docstring).
 AUTO_SKIPS = ("Mixer",)
-# The widest hidden size whose training step the option made faster (ViT-S/16, TNT-S, T2T-ViT-14:
-# 384); at 768 (ViT-B/16, R50+ViT-B/16) it made the step slower.
+# The widest hidden size whose training step the option made faster: 384 (ViT-S/16; TNT-S and
+# T2T-ViT-14 on the model-207 Xeon). At 768 (ViT-B/16, R50+ViT-B/16) it made the step slower.
 AUTO_MAX_WIDTH = 384
 
 
