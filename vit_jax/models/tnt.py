@@ -48,7 +48,7 @@ import jax.numpy as jnp
 from vit_jax.models import attention, droppath, inputs, posemb, stack
 from vit_jax.models.family import FEATURES, Family
 from vit_jax.models.mlp import GELUS
-from vit_jax.models.torch_layers import TRUNC, Mlp
+from vit_jax.models.torch_layers import TRUNC, Mlp, rows
 
 Dtype = Any
 KERNEL = 7  # the pixel convolution's size (padding 3), fixed in the authors' code
@@ -87,9 +87,10 @@ class Attention(nn.Module):
     width = x.shape[-1]
     head_dim = width // self.num_heads
     heads = (*x.shape[:-1], self.num_heads, head_dim)
-    qk = nn.Dense(2 * width, use_bias=False, name="qk", **dense)(x)
+    qk = rows(nn.Dense(2 * width, use_bias=False, name="qk", **dense), x)
     q, k = attention.heads_first_parts(qk.reshape(*x.shape[:-1], 2, *heads[-2:]))
-    v = jnp.swapaxes(nn.Dense(width, use_bias=False, name="v", **dense)(x).reshape(heads), -2, -3)
+    v = jnp.swapaxes(rows(nn.Dense(width, use_bias=False, name="v", **dense), x).reshape(heads),
+                     -2, -3)
     if queries:
       q = q[..., :queries, :]
     bias = None
@@ -102,7 +103,7 @@ class Attention(nn.Module):
     else:
       y = attention.heads_first_attention(q, k, v, bias)
     y = jnp.swapaxes(y, -2, -3).reshape(*y.shape[:-3], y.shape[-2], width)
-    y = nn.Dense(width, name="proj", **dense)(y)
+    y = rows(nn.Dense(width, name="proj", **dense), y)
     return nn.Dropout(self.dropout, deterministic=not train)(y)
 
 
@@ -147,8 +148,8 @@ class Block(nn.Module):
         norm("norm_mlp_in")(inner), train))
     batch, tokens, width = outer.shape
     flat = inner.reshape(batch, tokens - 1, -1)  # (B, N, m*c), pixel-major
-    update = nn.Dense(width, use_bias=False, kernel_init=TRUNC, name="proj", **dt)(
-        norm("norm1_proj")(flat))
+    update = rows(nn.Dense(width, use_bias=False, kernel_init=TRUNC, name="proj", **dt),
+                  norm("norm1_proj")(flat))
     outer = jnp.concatenate([outer[:, :1], outer[:, 1:] + norm("norm2_proj")(update)], axis=1)
     y = Attention(self.num_heads, self.dropout, self.relative_grid, name="attn_out", **dt)(
         norm("norm_out")(outer), train, self.queries)

@@ -1,8 +1,9 @@
 """Building blocks shared by the families born in PyTorch (T2T-ViT, TNT).
 
 `dense` is an nn.Linear as those models initialise it (timm's trunc_normal_(std=.02), zero
-bias), `norm` a LayerNorm with the module's epsilon, and `Mlp` the reference Mlp: fc1, GELU,
-dropout, fc2, dropout. Names follow the reference state dicts (vit_jax.io.torch_state).
+bias), `rows` applies one to the rows of a (..., features) array as a 2-D product, `norm` is a
+LayerNorm with the module's epsilon, and `Mlp` the reference Mlp: fc1, GELU, dropout, fc2,
+dropout. Names follow the reference state dicts (vit_jax.io.torch_state).
 """
 
 from __future__ import annotations
@@ -22,6 +23,15 @@ def norm(module: nn.Module, name: str) -> nn.LayerNorm:
   """A LayerNorm with `module`'s epsilon and dtypes."""
   return nn.LayerNorm(epsilon=module.layernorm_epsilon, dtype=module.dtype,
                       param_dtype=module.param_dtype, name=name)
+
+
+def rows(layer: nn.Module, x: jax.Array) -> jax.Array:
+  """`layer` (a Dense) applied to the rows of `x` as one 2-D product, reshaped back.
+
+  The same function and parameters as `layer(x)`. Over (batch, tokens, features) XLA:CPU
+  surrounds the gradients' products with layout copies; over rows it needs none.
+  """
+  return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
 
 
 def dense(features: int, name: str, dtype: Dtype, param_dtype: Dtype,
@@ -44,7 +54,7 @@ class Mlp(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     dt = (self.dtype, self.param_dtype)
     width = x.shape[-1]
-    x = nn.gelu(dense(self.mlp_dim, "fc1", *dt)(x), approximate=self.gelu == "tanh")
+    x = nn.gelu(rows(dense(self.mlp_dim, "fc1", *dt), x), approximate=self.gelu == "tanh")
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = dense(width, "fc2", *dt)(x)
+    x = rows(dense(width, "fc2", *dt), x)
     return nn.Dropout(self.dropout, deterministic=not train)(x)
