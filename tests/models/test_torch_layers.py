@@ -1,4 +1,4 @@
-"""torch_layers.rows: the layer's function, parameters and gradients, on rows of the array."""
+"""torch_layers.dense: nn.Dense's function, parameters and gradients, on the rows of its input."""
 
 import re
 
@@ -11,16 +11,19 @@ import pytest
 from vit_jax.models import torch_layers
 
 
+def _plain_dense(features, name):
+  return nn.Dense(features, kernel_init=torch_layers.TRUNC, name=name)
+
+
 class Direct(nn.Module):
-  """The reference Mlp with its layers applied to the (batch, tokens, features) array as it is."""
+  """The reference Mlp with nn.Dense layers on the (batch, tokens, features) array as it is."""
 
   mlp_dim: int
 
   @nn.compact
   def __call__(self, x, train):
-    f32 = (jnp.float32, jnp.float32)
-    h = nn.gelu(torch_layers.dense(self.mlp_dim, "fc1", *f32)(x), approximate=False)
-    return torch_layers.dense(x.shape[-1], "fc2", *f32)(h)
+    h = nn.gelu(_plain_dense(self.mlp_dim, "fc1")(x), approximate=False)
+    return _plain_dense(x.shape[-1], "fc2")(h)
 
 
 def _inputs(shape, seed=0):
@@ -28,15 +31,15 @@ def _inputs(shape, seed=0):
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 8), (2, 3, 4, 8), (8,)])
-def test_rows_is_the_layer_on_every_shape(shape):
-  layer = torch_layers.dense(6, "proj", jnp.float32, jnp.float32)
+def test_dense_is_nn_dense_on_every_shape(shape):
+  layer, plain = torch_layers.dense(6, "proj", jnp.float32, jnp.float32), _plain_dense(6, "proj")
   x = _inputs(shape)
   params = layer.init(jax.random.key(0), x)
-  assert jax.tree.map(jnp.shape, layer.init(jax.random.key(0), x.reshape(-1, 8))) == \
+  assert jax.tree.map(jnp.shape, plain.init(jax.random.key(0), x)) == \
       jax.tree.map(jnp.shape, params)
-  y = torch_layers.rows(layer.bind(params), x)
+  y = layer.apply(params, x)
   assert y.shape == (*shape[:-1], 6)
-  np.testing.assert_allclose(y, layer.apply(params, x), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(y, plain.apply(params, x), rtol=1e-6, atol=1e-6)
 
 
 def test_mlp_outputs_and_gradients_match_the_direct_layers():

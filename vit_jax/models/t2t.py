@@ -58,7 +58,7 @@ from vit_jax.models.t2t_tokens import (  # noqa: F401  (re-exported: the family'
   soft_split,
   split_fits,
 )
-from vit_jax.models.torch_layers import TRUNC, Mlp, dense, norm, rows
+from vit_jax.models.torch_layers import TRUNC, Mlp, dense, norm
 
 Dtype = Any
 SINUSOID = "sinusoid"  # the authors' fixed table, `pos_embed`: the default position embedding
@@ -79,7 +79,7 @@ class Attention(nn.Module):
     width = x.shape[-1]
     head_dim = width // self.num_heads
     heads = (*x.shape[:-1], self.num_heads, head_dim)
-    qkv = rows(dense(3 * width, "qkv", self.dtype, self.param_dtype, use_bias=False), x)
+    qkv = dense(3 * width, "qkv", self.dtype, self.param_dtype, use_bias=False)(x)
     q, k, v = attention.heads_first_parts(qkv.reshape(*x.shape[:-1], 3, *heads[-2:]))
     if queries:
       q = q[..., :queries, :]
@@ -90,7 +90,7 @@ class Attention(nn.Module):
               jnp.swapaxes(q, -2, -3))
     y = attention.heads_first_attention(q, k, v, bias)
     y = jnp.swapaxes(y, -2, -3).reshape(*y.shape[:-3], y.shape[-2], width)
-    y = rows(dense(width, "proj", self.dtype, self.param_dtype), y)
+    y = dense(width, "proj", self.dtype, self.param_dtype)(y)
     return nn.Dropout(self.dropout, deterministic=not train)(y)
 
 

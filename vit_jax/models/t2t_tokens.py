@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models.torch_layers import Mlp, dense, norm, rows
+from vit_jax.models.torch_layers import Mlp, dense, norm
 
 Dtype = Any
 T2T_LAYERS = ("performer", "transformer")
@@ -108,18 +108,17 @@ class TokenPerformer(nn.Module):
     w = jax.lax.stop_gradient(
         self.param("w", random_features_init, (m, e), self.param_dtype).astype(jnp.float32))
     x = norm(self, "norm1")(x)
-    kqv = rows(dense(3 * e, "kqv", *dt), x)
+    kqv = dense(3 * e, "kqv", *dt)(x)
     k, q, v = kqv[..., :e], kqv[..., e:2 * e], kqv[..., 2 * e:]
     kp, qp = self.features(k, w), self.features(q, w)
     denominator = jnp.einsum("btm,bm->bt", qp, kp.sum(axis=1))[..., None]
     kptv = jnp.einsum("btn,btm->bnm", v.astype(jnp.float32), kp)  # (B, e, m)
     y = jnp.einsum("btm,bnm->btn", qp, kptv) / (denominator + PERFORMER_EPSILON)
     y = nn.Dropout(self.dropout, deterministic=not train)(
-        rows(dense(e, "proj", *dt), y.astype(self.dtype)))
+        dense(e, "proj", *dt)(y.astype(self.dtype)))
     x = v + y  # the values, not the (wider) input, carry the residual
-    h = nn.gelu(rows(dense(e, "mlp_0", *dt), norm(self, "norm2")(x)),
-                approximate=self.gelu == "tanh")
-    h = nn.Dropout(self.dropout, deterministic=not train)(rows(dense(e, "mlp_2", *dt), h))
+    h = nn.gelu(dense(e, "mlp_0", *dt)(norm(self, "norm2")(x)), approximate=self.gelu == "tanh")
+    h = nn.Dropout(self.dropout, deterministic=not train)(dense(e, "mlp_2", *dt)(h))
     return x + h
 
 
@@ -136,12 +135,12 @@ class TokenAttention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     e = self.width
-    qkv = rows(dense(3 * e, "qkv", self.dtype, self.param_dtype, use_bias=False), x)
+    qkv = dense(3 * e, "qkv", self.dtype, self.param_dtype, use_bias=False)(x)
     q, k, v = qkv[..., :e], qkv[..., e:2 * e], qkv[..., 2 * e:]
     logits = jnp.einsum("bqd,bkd->bqk", q * x.shape[-1] ** -0.5, k,
                         preferred_element_type=jnp.float32)
     y = jnp.einsum("bqk,bkd->bqd", jax.nn.softmax(logits, axis=-1).astype(v.dtype), v)
-    return v + rows(dense(e, "proj", self.dtype, self.param_dtype), y)
+    return v + dense(e, "proj", self.dtype, self.param_dtype)(y)
 
 
 class TokenTransformer(nn.Module):
@@ -191,5 +190,5 @@ class T2TModule(nn.Module):
       x = x.reshape(batch, height, width, self.token_dim)
     x = soft_split(x, self.kernels[2], self.strides[2])
     batch, height, width, features = x.shape
-    return rows(dense(self.hidden_size, "project", self.dtype, self.param_dtype),
-                x.reshape(batch, height * width, features))
+    return dense(self.hidden_size, "project", self.dtype, self.param_dtype)(
+        x.reshape(batch, height * width, features))

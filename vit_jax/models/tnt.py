@@ -48,7 +48,7 @@ import jax.numpy as jnp
 from vit_jax.models import attention, droppath, inputs, posemb, stack
 from vit_jax.models.family import FEATURES, Family
 from vit_jax.models.mlp import GELUS
-from vit_jax.models.torch_layers import TRUNC, Mlp, rows
+from vit_jax.models.torch_layers import TRUNC, Mlp, dense
 
 Dtype = Any
 KERNEL = 7  # the pixel convolution's size (padding 3), fixed in the authors' code
@@ -83,14 +83,13 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, queries: int = 0) -> jax.Array:
     """x (B, T, D) -> (B, T, D); with `queries` n > 0 only the first n tokens attend: (B, n, D)."""
-    dense = dict(kernel_init=TRUNC, dtype=self.dtype, param_dtype=self.param_dtype)
+    dt = (self.dtype, self.param_dtype)
     width = x.shape[-1]
     head_dim = width // self.num_heads
     heads = (*x.shape[:-1], self.num_heads, head_dim)
-    qk = rows(nn.Dense(2 * width, use_bias=False, name="qk", **dense), x)
+    qk = dense(2 * width, "qk", *dt, use_bias=False)(x)
     q, k = attention.heads_first_parts(qk.reshape(*x.shape[:-1], 2, *heads[-2:]))
-    v = jnp.swapaxes(rows(nn.Dense(width, use_bias=False, name="v", **dense), x).reshape(heads),
-                     -2, -3)
+    v = jnp.swapaxes(dense(width, "v", *dt, use_bias=False)(x).reshape(heads), -2, -3)
     if queries:
       q = q[..., :queries, :]
     bias = None
@@ -103,7 +102,7 @@ class Attention(nn.Module):
     else:
       y = attention.heads_first_attention(q, k, v, bias)
     y = jnp.swapaxes(y, -2, -3).reshape(*y.shape[:-3], y.shape[-2], width)
-    y = rows(nn.Dense(width, name="proj", **dense), y)
+    y = dense(width, "proj", *dt)(y)
     return nn.Dropout(self.dropout, deterministic=not train)(y)
 
 
@@ -148,8 +147,8 @@ class Block(nn.Module):
         norm("norm_mlp_in")(inner), train))
     batch, tokens, width = outer.shape
     flat = inner.reshape(batch, tokens - 1, -1)  # (B, N, m*c), pixel-major
-    update = rows(nn.Dense(width, use_bias=False, kernel_init=TRUNC, name="proj", **dt),
-                  norm("norm1_proj")(flat))
+    update = dense(width, "proj", self.dtype, self.param_dtype, use_bias=False)(
+        norm("norm1_proj")(flat))
     outer = jnp.concatenate([outer[:, :1], outer[:, 1:] + norm("norm2_proj")(update)], axis=1)
     y = Attention(self.num_heads, self.dropout, self.relative_grid, name="attn_out", **dt)(
         norm("norm_out")(outer), train, self.queries)
@@ -241,7 +240,7 @@ class TNT(nn.Module):
       return nn.LayerNorm(epsilon=self.layernorm_epsilon, name=name, **dt)
 
     outer = norm("norm1_proj")(inner.reshape(batch, gh * gw, side * side * c))
-    outer = norm("norm2_proj")(nn.Dense(d, kernel_init=TRUNC, name="proj", **dt)(outer))
+    outer = norm("norm2_proj")(dense(d, "proj", self.dtype, self.param_dtype)(outer))
     cls = self.param("cls_token", TRUNC, (1, 1, d), self.param_dtype).astype(self.dtype)
     outer = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, d)), outer], axis=1)
     stem = None

@@ -1,9 +1,9 @@
 """Building blocks shared by the families born in PyTorch (T2T-ViT, TNT).
 
 `dense` is an nn.Linear as those models initialise it (timm's trunc_normal_(std=.02), zero
-bias), `rows` applies one to the rows of a (..., features) array as a 2-D product, `norm` is a
-LayerNorm with the module's epsilon, and `Mlp` the reference Mlp: fc1, GELU, dropout, fc2,
-dropout. Names follow the reference state dicts (vit_jax.io.torch_state).
+bias), a `Linear` that multiplies the rows of its input as one 2-D product; `norm` a LayerNorm
+with the module's epsilon, and `Mlp` the reference Mlp: fc1, GELU, dropout, fc2, dropout. Names
+follow the reference state dicts (vit_jax.io.torch_state).
 """
 
 from __future__ import annotations
@@ -25,20 +25,23 @@ def norm(module: nn.Module, name: str) -> nn.LayerNorm:
                       param_dtype=module.param_dtype, name=name)
 
 
-def rows(layer: nn.Module, x: jax.Array) -> jax.Array:
-  """`layer` (a Dense) applied to the rows of `x` as one 2-D product, reshaped back.
+class Linear(nn.Dense):
+  """`nn.Dense` applied to the rows of its input as one 2-D product, reshaped back.
 
-  The same function and parameters as `layer(x)`. Over (batch, tokens, features) XLA:CPU
+  The same function and parameters as `nn.Dense`. Over (batch, tokens, features) XLA:CPU
   surrounds the gradients' products with layout copies; over rows it needs none.
   """
-  return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    rows = super().__call__(inputs.reshape(-1, inputs.shape[-1]))
+    return rows.reshape(*inputs.shape[:-1], self.features)
 
 
 def dense(features: int, name: str, dtype: Dtype, param_dtype: Dtype,
-           use_bias: bool = True) -> nn.Dense:
-  """A PyTorch-born Linear: trunc_normal(.02) kernel, zero bias."""
-  return nn.Dense(features, use_bias=use_bias, kernel_init=TRUNC, dtype=dtype,
-                  param_dtype=param_dtype, name=name)
+           use_bias: bool = True) -> Linear:
+  """A PyTorch-born Linear: trunc_normal(.02) kernel, zero bias, multiplying rows."""
+  return Linear(features, use_bias=use_bias, kernel_init=TRUNC, dtype=dtype,
+                param_dtype=param_dtype, name=name)
 
 
 class Mlp(nn.Module):
@@ -54,7 +57,7 @@ class Mlp(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     dt = (self.dtype, self.param_dtype)
     width = x.shape[-1]
-    x = nn.gelu(rows(dense(self.mlp_dim, "fc1", *dt), x), approximate=self.gelu == "tanh")
+    x = nn.gelu(dense(self.mlp_dim, "fc1", *dt)(x), approximate=self.gelu == "tanh")
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = rows(dense(width, "fc2", *dt), x)
+    x = dense(width, "fc2", *dt)(x)
     return nn.Dropout(self.dropout, deterministic=not train)(x)
