@@ -10,7 +10,9 @@ The default times the forward pass and the parameters' gradients of the R50+ViT-
 cotangent. `--convs` times, for each distinct k x k convolution of the stem at `--batch`, its
 forward pass, input gradient and weight gradient alone (jitted, medians of `--steps` calls, at
 least 10), with GFLOP/s, and PyTorch's where it is installed. Freed host memory stays mapped,
-as in the benchmark's training step.
+and ours are compiled with the options of the hybrid's training step (`cpu_matmul` auto: on an
+Intel CPU, convolutions in XLA's own kernels), as in the benchmark; `--ynn_convolutions`
+compiles them with XLA's defaults instead, which give lone convolutions to YNNPACK.
 """
 
 from __future__ import annotations
@@ -38,7 +40,18 @@ def _clock(fn, *args):
   return clock
 
 
-def conv_rates(batch: int, steps: int) -> None:
+def _options(ynn_convolutions: bool) -> dict | None:
+  """The hybrid's training-step compiler options, or XLA's defaults (None)."""
+  import jax
+
+  from vit_jax.train import cpu_matmul
+
+  if ynn_convolutions:
+    return None
+  return cpu_matmul.compiler_options("auto", jax.default_backend(), "ResNet+ViT", 768)
+
+
+def conv_rates(batch: int, steps: int, options: dict | None) -> None:
   """Print each convolution's forward, input-gradient and weight-gradient time and rate."""
   import jax
   import numpy as np
@@ -62,7 +75,7 @@ def conv_rates(batch: int, steps: int) -> None:
     flops = 2 * batch * out * out * k * k * cin * cout
     cells = []
     for fn in fns:
-      compiled = jax.jit(fn).lower(x, w, g).compile()
+      compiled = jax.jit(fn).lower(x, w, g).compile(options)
       clock = _clock(compiled, x, w, g)
       for _ in range(3):
         clock()
@@ -112,7 +125,7 @@ def _torch_conv_rates():
   return rates
 
 
-def stem_step(batch: int, rounds: int, steps: int) -> None:
+def stem_step(batch: int, rounds: int, steps: int, options: dict | None) -> None:
   """Print the median forward-and-gradient time of our stem and of timm's backbone."""
   import flax.linen as nn
   import jax
@@ -133,7 +146,7 @@ def stem_step(batch: int, rounds: int, steps: int) -> None:
   x, ct = jax.numpy.asarray(images), jax.numpy.asarray(cotangent)
   params = model.init(jax.random.key(0), x[:1])["params"]
   grads = jax.jit(jax.grad(lambda p, x, ct: jax.numpy.sum(model.apply({"params": p}, x) * ct)))
-  clocks = {"ours": _clock(grads.lower(params, x, ct).compile(), params, x, ct)}
+  clocks = {"ours": _clock(grads.lower(params, x, ct).compile(options), params, x, ct)}
   reason = timm_side.unavailable_reason("R50+ViT-B/16")
   if reason:
     print(f"timm: not timed ({reason})")
@@ -166,12 +179,14 @@ def main() -> None:
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--convs", action="store_true",
                  help="time each convolution's forward pass and gradients alone instead")
+  p.add_argument("--ynn_convolutions", action="store_true",
+                 help="compile ours with XLA's defaults (lone convolutions in YNNPACK)")
   args = p.parse_args()
   host_memory.configure("retain")  # before any backend starts
   if args.convs:
-    conv_rates(args.batch, max(args.steps, 10))
+    conv_rates(args.batch, max(args.steps, 10), _options(args.ynn_convolutions))
   else:
-    stem_step(args.batch, args.rounds, args.steps)
+    stem_step(args.batch, args.rounds, args.steps, _options(args.ynn_convolutions))
 
 
 if __name__ == "__main__":

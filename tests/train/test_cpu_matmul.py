@@ -92,15 +92,16 @@ def _one_step(options):
   new, _ = compiled(state, batch)
   # With SGD at learning rate 1 the update is minus the gradient.
   grads = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), state.params, new.params)
-  return grads, compiled.as_text().count("__onednn$matmul")
+  return grads, compiled.as_text()
 
 
 @pytest.mark.skipif(not cpu_matmul.onednn_available(),
                     reason="this jaxlib does not rewrite products to oneDNN (jax < 0.12)")
 def test_onednn_products_give_the_same_gradients():
-  ours, none = _one_step(None)
+  ours, text = _one_step(None)
   theirs, rewritten = _one_step({"xla_cpu_experimental_onednn_custom_call": True})
-  assert none == 0 and rewritten > 0  # the option took effect, on the weight gradients
+  # the option took effect, on the weight gradients
+  assert text.count("__onednn$matmul") == 0 and rewritten.count("__onednn$matmul") > 0
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
 
@@ -122,8 +123,64 @@ def test_inference_asks_for_eigen_only_under_auto_on_intel_cpus(monkeypatch):
   assert cpu_matmul.inference_options("auto", "cpu") is None
 
 
+def test_training_asks_for_xla_convolutions_only_under_auto_on_intel_cpus(monkeypatch):
+  monkeypatch.setattr(cpu_matmul, "eigen_convolutions_available", lambda: True)
+  monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: True)
+  monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: True)
+  convolutions = {"xla_cpu_experimental_ynn_fusion_type":
+                  "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+  onednn = {"xla_cpu_experimental_onednn_custom_call": True}
+  assert cpu_matmul.compiler_options("auto", "cpu", "ResNet+ViT", 768) == convolutions
+  assert cpu_matmul.compiler_options("auto", "cpu", "ViT", 384) == {**onednn, **convolutions}
+  assert cpu_matmul.compiler_options("onednn", "cpu", "ViT", 768) == onednn  # asked for: oneDNN
+  assert cpu_matmul.compiler_options("xla", "cpu", "ResNet+ViT", 768) is None
+  assert cpu_matmul.compiler_options("auto", "gpu", "ResNet+ViT", 768) is None
+  monkeypatch.setattr(cpu_matmul, "eigen_convolutions_available", lambda: False)
+  assert cpu_matmul.compiler_options("auto", "cpu", "ResNet+ViT", 768) is None
+
+
+def test_the_convolution_probe_agrees_with_the_compiler():
+  """Available exactly when a lone convolution leaves YNNPACK with the option."""
+  image = jax.ShapeDtypeStruct((2, 16, 16, 64), np.float32)
+  kernel = jax.ShapeDtypeStruct((3, 3, 64, 64), np.float32)
+  lowered = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))).lower(image, kernel)
+  try:
+    moved = (_ynn_holding(lowered.compile().as_text(), _CONVOLUTION) > 0
+             and _ynn_holding(lowered.compile({
+                 "xla_cpu_experimental_ynn_fusion_type":
+                 "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}).as_text(),
+                 _CONVOLUTION) == 0)
+  except Exception:  # a release that does not know the option or its values
+    moved = False
+  assert cpu_matmul.eigen_convolutions_available() is moved
+
+
+@pytest.mark.skipif(not cpu_matmul.eigen_convolutions_available(),
+                    reason="this jaxlib does not give lone convolutions to YNNPACK")
+def test_xla_convolutions_give_the_same_gradients():
+  """The training step's option moves its convolutions (the patch embedding's forward pass and
+  gradients) out of YNNPACK, keeps its products where they were and changes only rounding."""
+  ours, text = _one_step(None)
+  theirs, moved = _one_step({"xla_cpu_experimental_ynn_fusion_type":
+                             "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"})
+  assert _ynn_holding(text, _CONVOLUTION) > 0 and _ynn_holding(moved, _CONVOLUTION) == 0
+  assert _ynn_holding(moved, _PRODUCT) == _ynn_holding(text, _PRODUCT) > 0
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
+
+
+_PRODUCT = re.compile(r"= f32\[\d+,\d+\]\S* dot\(")
+_CONVOLUTION = re.compile(r"= f32\[[\d,]+\]\S* convolution\(")
+
+
 def _ynn_2d_products(hlo_text: str) -> int:
   """How many of the compiled module's YNNPACK fusions hold a 2-D product."""
+  return _ynn_holding(hlo_text, _PRODUCT)
+
+
+def _ynn_holding(hlo_text: str, instruction: re.Pattern) -> int:
+  """How many of the compiled module's YNNPACK fusions hold an instruction matching the pattern."""
   bodies, current = {}, None
   for line in hlo_text.splitlines():
     if line and not line.startswith(" ") and line.endswith("{"):
@@ -132,8 +189,7 @@ def _ynn_2d_products(hlo_text: str) -> int:
     elif current is not None:
       bodies[current].append(line)
   called = re.findall(r"%ynn_fusion[.\d]* = .*calls=%([\w.\-]+)", hlo_text)
-  product = re.compile(r"= f32\[\d+,\d+\]\S* dot\(")
-  return sum(any(product.search(line) for line in bodies.get(name, [])) for name in called)
+  return sum(any(instruction.search(line) for line in bodies.get(name, [])) for name in called)
 
 
 def _forward_text_and_logits(options):

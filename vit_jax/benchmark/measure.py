@@ -109,16 +109,19 @@ def _optimizer_config(setup: Setup) -> ml_collections.ConfigDict:
       momentum=0.9, moment_dtype=setup.moment_dtype))
 
 
-def onednn_options(setup: Setup) -> dict[str, Any] | None:
+def _matmul_args(setup: Setup) -> tuple[str, str, str, int]:
+  return (setup.cpu_matmul, jax.default_backend(), registry.family_of(setup.model).name,
+          model_section(setup)["hidden_size"])
+
+
+def train_options(setup: Setup) -> dict[str, Any] | None:
   """The training step's compiler options for `setup.cpu_matmul` (vit_jax/train/cpu_matmul.py)."""
-  return cpu_matmul.compiler_options(setup.cpu_matmul, jax.default_backend(),
-                                     registry.family_of(setup.model).name,
-                                     model_section(setup)["hidden_size"])
+  return cpu_matmul.compiler_options(*_matmul_args(setup))
 
 
 def uses_onednn(setup: Setup) -> bool:
   """Whether the training step of `setup` runs its weight gradients in oneDNN."""
-  return onednn_options(setup) is not None
+  return cpu_matmul.uses_onednn(*_matmul_args(setup))
 
 
 def compile_step(setup: Setup) -> tuple[Any, tuple[Any, ...], float]:
@@ -145,7 +148,7 @@ def compile_step(setup: Setup) -> tuple[Any, tuple[Any, ...], float]:
                                           chains=train_chains(setup, mesh.size, model)),
                  in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
                  donate_argnums=0,
-                 compiler_options=onednn_options(setup))
+                 compiler_options=train_options(setup))
     args = (state, {"image": images, "label": labels,
                     "mask": jax.device_put(np.ones(setup.batch, np.float32), batch_sh)})
   elif setup.mode == "infer":

@@ -27,11 +27,20 @@ R50+ViT-B/16 the most; ViT-Ti/16 at batch 8 with jax 0.10.2 unchanged), with jax
 0.12.0.1 alike, as Eigen's `x @ w` is the faster at most dense-layer shapes there; in training
 it is not (Eigen's `g @ w.T` is slow), so only forward passes ask for it.
 
+Convolutions (`compiler_options` under `auto`): XLA's default list of YNNPACK's fusion types
+also hands it every lone convolution big enough (`LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION`).
+On the model-167 Xeon, XLA's own convolutions (Eigen's) computed the weight gradients of the
+hybrid's ResNet stem 1.2-4.3x faster than YNNPACK's, with jax 0.10.2 and 0.12.0.1 alike (56 x
+56 x 64 at batch 8: 11.2 against 47.7 ms), and its forward passes and input gradients at
+0.85-1.8x YNNPACK's speed. A training step under `auto` is therefore compiled with the list
+without it, products and reductions staying where they were; forward passes already leave
+convolutions out, with the lone products.
+
 Modes: `onednn` asks for it wherever the probe succeeds; `xla` never does; `auto` does on Intel
 CPUs, where it was measured, for the widths it made faster there (hidden size up to
 `AUTO_MAX_WIDTH`) except for the families it made slower (`AUTO_SKIPS`), and leaves other CPUs
-(not measured), wider models and accelerators alone; for inference only `auto` asks for Eigen's
-products, on Intel CPUs.
+(not measured), wider models and accelerators alone; only `auto` asks for Eigen's products in
+inference and its convolutions in training, on Intel CPUs.
 """
 
 from __future__ import annotations
@@ -46,6 +55,9 @@ _MARK = "__onednn$matmul"  # the custom call's target in the compiled HLO
 _FUSION_TYPES = "xla_cpu_experimental_ynn_fusion_type"
 # XLA's default list is INDIVIDUAL_DOT and REDUCE: without the former a lone product is Eigen's.
 _NO_LONE_PRODUCTS = "LIBRARY_FUSION_TYPE_REDUCE"
+# XLA's default list without INDIVIDUAL_CONVOLUTION (which jaxlib 0.10 and 0.12 add to it):
+# lone products and reductions stay YNNPACK's, convolutions go to XLA's own kernels.
+_NO_CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 _YNN = "ynn_fusion"  # YNNPACK's fusions' names in the compiled HLO
 # Families whose training step the option made slower (Intel Xeon, jax 0.12.0.1, batch 8):
 # Mixer-B/16 (its token-mixing weight gradients contract over batch x channels, and its
@@ -115,8 +127,35 @@ def uses_onednn(mode: str, backend: str, family: str, width: int) -> bool:
 
 def compiler_options(mode: str, backend: str, family: str, width: int
                      ) -> dict[str, Any] | None:
-  """`jax.jit`'s `compiler_options` for a training step (None: XLA's defaults)."""
-  return {_OPTION: True} if uses_onednn(mode, backend, family, width) else None
+  """`jax.jit`'s `compiler_options` for a training step (None: XLA's defaults): oneDNN's weight
+  gradients where `uses_onednn` says so, and under `auto`, on an Intel CPU, convolutions in
+  XLA's own kernels instead of YNNPACK's."""
+  options: dict[str, Any] = {}
+  if uses_onednn(mode, backend, family, width):
+    options[_OPTION] = True
+  if (mode == "auto" and backend == "cpu" and intel_cpu()
+      and eigen_convolutions_available()):
+    options[_FUSION_TYPES] = _NO_CONVOLUTIONS
+  return options or None
+
+
+@functools.cache
+def eigen_convolutions_available() -> bool:
+  """Whether this jaxlib gives a lone convolution to YNNPACK by default and to XLA's own kernels
+  when compiled with the fusion types `_NO_CONVOLUTIONS` (probed once)."""
+  import jax
+  import jax.numpy as jnp
+
+  # Big enough for YNNPACK to take it (it leaves, e.g., 8 channels to XLA anyway).
+  image = jax.ShapeDtypeStruct((1, 16, 16, 32), jnp.float32)
+  kernel = jax.ShapeDtypeStruct((3, 3, 32, 32), jnp.float32)
+  try:
+    lowered = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))).lower(image, kernel)
+    return (_YNN in lowered.compile().as_text()
+            and _YNN not in lowered.compile({_FUSION_TYPES: _NO_CONVOLUTIONS}).as_text())
+  except Exception:  # an unknown option or value (INVALID_ARGUMENT), or no CPU backend
+    return False
 
 
 @functools.cache
