@@ -32,8 +32,10 @@ also hands it every lone convolution big enough (`LIBRARY_FUSION_TYPE_INDIVIDUAL
 On the model-167 Xeon, XLA's own convolutions (Eigen's) computed the weight gradients of the
 hybrid's ResNet stem 1.2-4.3x faster than YNNPACK's, with jax 0.10.2 and 0.12.0.1 alike (56 x
 56 x 64 at batch 8: 11.2 against 47.7 ms), and its forward passes and input gradients at
-0.85-1.8x YNNPACK's speed. A training step under `auto` is therefore compiled with the list
-without it, products and reductions staying where they were; forward passes already leave
+0.85-1.8x YNNPACK's speed. A hybrid's training step under `auto` is therefore compiled with the
+list without it, products and reductions staying where they were (`AUTO_XLA_CONVOLUTIONS`); in
+the other families the patch embedding is the only convolution, and the list made TNT-S's step
+15% slower with jax 0.12.0.1 and ViT's and the Mixer's no faster. Forward passes already leave
 convolutions out, with the lone products.
 
 Modes: `onednn` asks for it wherever the probe succeeds; `xla` never does; `auto` does on Intel
@@ -66,6 +68,9 @@ AUTO_SKIPS = ("Mixer",)
 # The widest hidden size whose training step the option made faster: 384 (ViT-S/16; TNT-S and
 # T2T-ViT-14 on the model-207 Xeon). At 768 (ViT-B/16, R50+ViT-B/16) it made the step slower.
 AUTO_MAX_WIDTH = 384
+# Families whose training step XLA's own convolutions made faster (Intel Xeon, batch 8): the
+# hybrid, whose ResNet stem's 3x3 weight gradients YNNPACK computes slowly (the docstring).
+AUTO_XLA_CONVOLUTIONS = ("ResNet+ViT",)
 
 
 def check_mode(mode: str) -> str | None:
@@ -128,12 +133,12 @@ def uses_onednn(mode: str, backend: str, family: str, width: int) -> bool:
 def compiler_options(mode: str, backend: str, family: str, width: int
                      ) -> dict[str, Any] | None:
   """`jax.jit`'s `compiler_options` for a training step (None: XLA's defaults): oneDNN's weight
-  gradients where `uses_onednn` says so, and under `auto`, on an Intel CPU, convolutions in
-  XLA's own kernels instead of YNNPACK's."""
+  gradients where `uses_onednn` says so, and under `auto`, on an Intel CPU, the convolutions of
+  the families in `AUTO_XLA_CONVOLUTIONS` in XLA's own kernels instead of YNNPACK's."""
   options: dict[str, Any] = {}
   if uses_onednn(mode, backend, family, width):
     options[_OPTION] = True
-  if (mode == "auto" and backend == "cpu" and intel_cpu()
+  if (mode == "auto" and backend == "cpu" and family in AUTO_XLA_CONVOLUTIONS and intel_cpu()
       and eigen_convolutions_available()):
     options[_FUSION_TYPES] = _NO_CONVOLUTIONS
   return options or None
