@@ -36,6 +36,8 @@ def test_benchmark_reports_consistent_figures(tmp_path, capsys, mode):
   if mode == "train":
     assert result["onednn_matmul"] == cpu_matmul.uses_onednn(
         "auto", jax.default_backend(), "ViT", 192)  # ViT-Ti/16's width
+    assert result["compiler_options"] == (cpu_matmul.compiler_options(
+        "auto", jax.default_backend(), "ViT", 192) or {})
 
 
 @pytest.mark.slow

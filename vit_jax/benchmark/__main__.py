@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> dict:
   if setup.mode == "train":
     result["chains"] = measure.train_chains(setup, len(devices))
     result["onednn_matmul"] = measure.uses_onednn(setup)
+    result["compiler_options"] = measure.train_options(setup) or {}
   if setup.mode == "infer":
     per_pass = measure.images_per_pass(setup)
     result["images_per_pass"] = min(per_pass or setup.batch, setup.batch // len(devices))
