@@ -154,13 +154,9 @@ def eigen_convolutions_available() -> bool:
   # Big enough for YNNPACK to take it (it leaves, e.g., 8 channels to XLA anyway).
   image = jax.ShapeDtypeStruct((1, 16, 16, 32), jnp.float32)
   kernel = jax.ShapeDtypeStruct((3, 3, 32, 32), jnp.float32)
-  try:
-    lowered = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
-        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))).lower(image, kernel)
-    return (_YNN in lowered.compile().as_text()
-            and _YNN not in lowered.compile({_FUSION_TYPES: _NO_CONVOLUTIONS}).as_text())
-  except Exception:  # an unknown option or value (INVALID_ARGUMENT), or no CPU backend
-    return False
+  return _leaves_ynnpack(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")), (image, kernel),
+      _NO_CONVOLUTIONS)
 
 
 @functools.cache
@@ -171,10 +167,17 @@ def eigen_products_available() -> bool:
   import jax.numpy as jnp
 
   operand = jax.ShapeDtypeStruct((256, 256), jnp.float32)
+  return _leaves_ynnpack(lambda a, b: a @ b, (operand, operand), _NO_LONE_PRODUCTS)
+
+
+def _leaves_ynnpack(fn: Any, operands: tuple[Any, ...], fusion_types: str) -> bool:
+  """Whether `fn` compiles to a YNNPACK fusion by default and to none with `fusion_types`."""
+  import jax
+
   try:
-    lowered = jax.jit(lambda a, b: a @ b).lower(operand, operand)
+    lowered = jax.jit(fn).lower(*operands)
     return (_YNN in lowered.compile().as_text()
-            and _YNN not in lowered.compile({_FUSION_TYPES: _NO_LONE_PRODUCTS}).as_text())
+            and _YNN not in lowered.compile({_FUSION_TYPES: fusion_types}).as_text())
   except Exception:  # an unknown option or value (INVALID_ARGUMENT), or no CPU backend
     return False
 
