@@ -64,6 +64,7 @@ def test_accumulation_plans_memory_for_one_micro_batch(tmp_path):
     (["--attention", "foo"], "--attention 'foo' is not one of"),
     (["--attention", "cudnn"], "--attention 'cudnn' needs a GPU"),
     (["--remat", "most"], "--remat 'most' is not one of"),
+    (["--t2t_repo", "/nowhere"], "--t2t_repo /nowhere has no models/t2t_vit.py; give the root"),
 ])
 def test_bad_settings_are_one_line_errors(args, message):
   with pytest.raises(SystemExit, match=re.escape(message)):
@@ -176,4 +177,82 @@ def test_each_timm_counterpart_has_our_parameter_count(model):
   with torch.device("meta"):  # shapes only: no memory for ViT-H's weights
     net = timm.create_model(timm_side.TIMM_NAMES[model], pretrained=False, num_classes=1000)
   theirs = sum(p.numel() for p in net.parameters())
+  assert theirs == registry.param_count(registry.section(model), 1000, 224)
+
+
+FAKE_T2T = {
+    # The authors' package __init__ imports their other variants: it must not run.
+    "__init__.py": "raise RuntimeError('the package __init__ ran')\n",
+    "widths.py": "WIDTH = 8\n",
+    "t2t_vit.py": """
+from .widths import WIDTH
+
+
+def t2t_vit_7(pretrained=False, **kwargs):
+    print('adopt performer encoder for tokens-to-token')
+    import torch
+    size, classes = kwargs["img_size"], kwargs["num_classes"]
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * size * size, WIDTH),
+                               torch.nn.GELU(), torch.nn.Linear(WIDTH, classes))
+""",
+}
+
+
+def fake_t2t_repo(root, width=8):
+  (root / "models").mkdir(parents=True)
+  for name, text in FAKE_T2T.items():
+    (root / "models" / name).write_text(text.replace("WIDTH = 8", f"WIDTH = {width}"))
+  return str(root)
+
+
+def test_t2t_vit_is_compared_with_the_authors_model_only_given_their_repository(tmp_path):
+  assert "pass --t2t_repo with a clone of" in timm_side.unavailable_reason("T2T-ViT-14")
+  assert "has no models/t2t_vit.py" in timm_side.unavailable_reason("T2T-ViT-14", str(tmp_path))
+  # A ViT keeps timm's model whatever the repository.
+  assert timm_side.reference_name("ViT-Ti/16", str(tmp_path)) == "timm vit_tiny_patch16_224"
+  with pytest.raises(SystemExit, match="--timm=on but timm has no T2T-ViT; pass --t2t_repo"):
+    bench.main([*SMALL, "--model", "T2T-ViT-7", "--timm", "on"])
+
+
+def test_the_authors_module_is_imported_from_the_clone_under_a_name_of_its_own(tmp_path,
+                                                                               monkeypatch):
+  sentinel = object()
+  monkeypatch.setitem(__import__("sys").modules, "models", sentinel)  # someone else's `models`
+  one = timm_side.authors_t2t(fake_t2t_repo(tmp_path / "one", width=8))
+  two = timm_side.authors_t2t(fake_t2t_repo(tmp_path / "two", width=5))
+  assert (one.WIDTH, two.WIDTH) == (8, 5)  # relative imports resolve within each clone
+  assert __import__("sys").modules["models"] is sentinel
+  assert timm_side.authors_t2t(str(tmp_path / "one")) is one
+
+
+def test_the_authors_model_takes_training_steps_as_timm_models_do(tmp_path, capsys):
+  torch = pytest.importorskip("torch")
+  repo = fake_t2t_repo(tmp_path)
+  step = timm_side.make_step("T2T-ViT-7", mode="train", batch=2, image_size=8, num_classes=3,
+                             dtype="float32", t2t_repo=repo)
+  net = timm_side.authors_t2t(repo)  # the module; the network is inside the closure
+  assert net.WIDTH == 8 and "adopt performer" not in capsys.readouterr().out
+  cell = next(c.cell_contents for c in step.__closure__
+              if isinstance(c.cell_contents, torch.nn.Module))
+  before = [p.detach().clone() for p in cell.parameters()]
+  step()
+  assert all(not torch.equal(a, b) for a, b in zip(before, cell.parameters(), strict=True))
+  assert cell.training
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", sorted(timm_side.T2T_AUTHORS_NAMES))
+def test_the_t2t_authors_models_have_our_parameter_counts(model):
+  """Against a real clone of the authors' repository, named by VIT_JAX_T2T_REPO."""
+  repo = __import__("os").environ.get("VIT_JAX_T2T_REPO")
+  if not repo:
+    pytest.skip("VIT_JAX_T2T_REPO names no clone of " + timm_side.T2T_AUTHORS_REPO)
+  pytest.importorskip("torch")
+  if timm_side.unavailable_reason(model, repo):
+    pytest.skip(timm_side.unavailable_reason(model, repo))
+  from vit_jax.models import registry
+
+  build = getattr(timm_side.authors_t2t(repo), timm_side.T2T_AUTHORS_NAMES[model])
+  net = build(pretrained=False, num_classes=1000, img_size=224)
+  theirs = sum(p.numel() for p in net.parameters())  # pos_embed and the performers' w too
   assert theirs == registry.param_count(registry.section(model), 1000, 224)

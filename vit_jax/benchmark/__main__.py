@@ -80,6 +80,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                  help="peak TFLOP/s per device for MFU (default: from a table of known devices)")
   p.add_argument("--timm", default="auto", choices=["auto", "on", "off"],
                  help="time timm's same-size ViT too (auto: when torch and timm import)")
+  p.add_argument("--t2t_repo", default=None,
+                 help="a clone of github.com/yitu-opensource/T2T-ViT: for a T2T-ViT model, "
+                      "the authors' model is timed as the PyTorch side (timm has none)")
   p.add_argument("--compile_only", action="store_true",
                  help="report compile time and XLA's memory plan without running")
   p.add_argument("--json", default=None, help="also write the results to this file")
@@ -108,6 +111,8 @@ def run(args: argparse.Namespace) -> dict:
   if problem:
     raise ValueError(problem)
   kind = devices[0].device_kind
+  if args.t2t_repo and timm_side.t2t_repo_problem(args.t2t_repo):
+    raise ValueError(f"--t2t_repo {timm_side.t2t_repo_problem(args.t2t_repo)}")
   compiled, step_args, compile_s = measure.compile_step(setup)
   result = {**vars(setup), "devices": len(devices), "device_kind": kind,
             "jax_version": jax.__version__, "jaxlib_version": jaxlib.__version__,
@@ -128,7 +133,7 @@ def run(args: argparse.Namespace) -> dict:
   clocks = {"ours": measure.step_clock(setup, compiled, step_args)}
   timm_info = None
   if args.timm != "off":
-    reason = timm_side.unavailable_reason(setup.model)
+    reason = timm_side.unavailable_reason(setup.model, args.t2t_repo)
     if reason and args.timm == "on":
       raise SystemExit(f"error: --timm=on but {reason}")
     if reason:
@@ -136,7 +141,7 @@ def run(args: argparse.Namespace) -> dict:
     else:
       clocks["timm"], timm_info = timm_side.timm_clock(
           setup.model, mode=setup.mode, batch=setup.batch, image_size=setup.image_size,
-          num_classes=setup.num_classes, dtype=setup.dtype)
+          num_classes=setup.num_classes, dtype=setup.dtype, t2t_repo=args.t2t_repo)
   times = measure.interleave(clocks, warmup=args.warmup, steps=args.steps, rounds=args.rounds)
   step_s = statistics.median(times["ours"])
   per_image = measure.model_flops_per_image(setup)
@@ -154,7 +159,8 @@ def run(args: argparse.Namespace) -> dict:
     timm_s = statistics.median(times["timm"])
     result.update({"timm_img_per_sec": _sig(setup.batch / timm_s),
                    "timm_step_ms": _sig(timm_s * 1e3),
-                   "timm_version": timm_info["version"], "torch_version": timm_info["torch"],
+                   "timm_model": timm_info["model"], "timm_version": timm_info["version"],
+                   "torch_version": timm_info["torch"],
                    "torch_threads": timm_info["threads"],
                    "ratio_vs_timm": _sig(timm_s / step_s, 3)})
   return result
