@@ -27,20 +27,65 @@ def test_parameters_are_the_convolutions_names_shapes_and_initial_values(p, size
 def test_output_and_gradients_are_the_convolutions(p, size):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, size, size, 8)), jnp.float32)
-  params = {"kernel": jnp.asarray(rng.normal(size=(p, p, 8, 12)), jnp.float32),
+  # Outputs of order 1, where sin() does not magnify float32's rounding of the products.
+  params = {"kernel": jnp.asarray(rng.normal(size=(p, p, 8, 12)) / (p * np.sqrt(8)),
+                                  jnp.float32),
             "bias": jnp.asarray(rng.normal(size=12), jnp.float32)}
 
-  def loss(module):
-    return lambda params, x: jnp.sum(jnp.sin(module.apply({"params": params}, x)))
+  def loss(module, *train):
+    return lambda params, x: jnp.sum(jnp.sin(module.apply({"params": params}, x, *train)))
 
   want = jax.value_and_grad(loss(_conv(12, p)), argnums=(0, 1))(params, x)
-  got = jax.value_and_grad(loss(inputs.PatchEmbedding(12, p)), argnums=(0, 1))(params, x)
-  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-    np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(w))))
+  for train in (False, True):  # on a CPU: the convolution, then the patches' product
+    got = jax.value_and_grad(loss(inputs.PatchEmbedding(12, p), train), argnums=(0, 1))(
+        params, x)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+      np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(w))))
   out = inputs.PatchEmbedding(12, p).apply({"params": params}, x)
   assert out.shape == (2, size // p, size // p, 12)
-  if p > 1:  # the same convolution: the same values, bit for bit
+  if p > 1:  # outside training: the same convolution, the same values bit for bit
     np.testing.assert_array_equal(out, _conv(12, p).apply({"params": params}, x))
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 12, 3), (3, 35, 50, 4)])
+def test_the_patch_product_is_the_strided_convolution(shape):
+  """Also where rows and columns past the last whole patch are left over (35 x 50 at p = 16)."""
+  p = 4 if shape[1] == 8 else 16
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(p, p, shape[-1], 5)) / (p * np.sqrt(shape[-1])),
+                       jnp.float32)  # outputs of order 1, as above
+
+  def conv(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (p, p), "VALID",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def loss(fn):
+    return lambda x, kernel: jnp.sum(jnp.sin(fn(x, kernel)))
+
+  want, got = conv(x, kernel), inputs.patch_product(x, kernel)
+  assert got.shape == want.shape == (shape[0], shape[1] // p, shape[2] // p, 5)
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+  want_grads = jax.grad(loss(conv), argnums=(0, 1))(x, kernel)
+  got_grads = jax.grad(loss(inputs.patch_product), argnums=(0, 1))(x, kernel)
+  for g, w in zip(got_grads, want_grads, strict=True):
+    np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(w))))
+
+
+def test_training_on_a_cpu_multiplies_the_patches_and_inference_convolves():
+  x = jnp.ones((2, 8, 8, 3))
+  module = inputs.PatchEmbedding(6, 4)
+  params = module.init(jax.random.key(0), x)
+
+  def hlo(train):
+    loss = lambda p: jnp.sum(module.apply(p, x, train))  # noqa: E731
+    return jax.jit(jax.grad(loss)).lower(params).as_text()
+
+  assert jax.default_backend() == "cpu"
+  assert "convolution" not in hlo(True) and "dot_general" in hlo(True)
+  assert "convolution" in hlo(False)
+  np.testing.assert_allclose(module.apply(params, x, True), module.apply(params, x, False),
+                             rtol=1e-6)
 
 
 def test_bfloat16_compute_keeps_float32_parameters():

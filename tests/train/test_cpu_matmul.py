@@ -71,9 +71,10 @@ def test_the_probe_agrees_with_the_compiler():
   assert "__onednn$matmul" not in lowered.compile().as_text()
 
 
-def _one_step(options):
-  model = VisionTransformer(num_classes=10, patch_size=8, hidden_size=64, num_layers=2,
-                            num_heads=2, mlp_dim=256)
+def _one_step(options, **model_settings):
+  settings = dict(num_classes=10, patch_size=8, hidden_size=64, num_layers=2, num_heads=2,
+                  mlp_dim=256)
+  model = VisionTransformer(**{**settings, **model_settings})
   cfg = ml_collections.ConfigDict(dict(optimizer="sgd", grad_clip_norm=0.0, momentum=0.0,
                                        weight_decay=0.0))
   schedule = make_schedule(1.0, 0, 100, "constant")
@@ -165,12 +166,14 @@ def test_the_convolution_probe_agrees_with_the_compiler():
 @pytest.mark.skipif(not cpu_matmul.eigen_convolutions_available(),
                     reason="this jaxlib does not give lone convolutions to YNNPACK")
 def test_xla_convolutions_give_the_same_gradients():
-  """The hybrid's option moves a training step's convolutions (here a ViT's patch embedding's
-  forward pass and gradients) out of YNNPACK, keeps its products where they were and changes
-  only rounding."""
-  ours, text = _one_step(None)
+  """The hybrid's option moves a training step's convolutions (here a small hybrid's ResNet
+  stem's forward pass and gradients) out of YNNPACK, keeps its products where they were and
+  changes only rounding."""
+  hybrid = dict(patch_size=1, resnet_layers=(1,), resnet_width=32)
+  ours, text = _one_step(None, **hybrid)
   theirs, moved = _one_step({"xla_cpu_experimental_ynn_fusion_type":
-                             "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"})
+                             "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"},
+                            **hybrid)
   assert _ynn_holding(text, _CONVOLUTION) > 0 and _ynn_holding(moved, _CONVOLUTION) == 0
   assert _ynn_holding(moved, _PRODUCT) == _ynn_holding(text, _PRODUCT) > 0
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):

@@ -221,7 +221,7 @@ class VisionTransformer(nn.Module):
     x = inputs.to_unit_range(images).astype(self.dtype)
     if self.resnet_layers is not None:
       x = resnet.stem(x, self.resnet_layers, self.resnet_width, **dt)
-    x = inputs.PatchEmbedding(self.hidden_size, p, name="embedding", **dt)(x)
+    x = inputs.PatchEmbedding(self.hidden_size, p, name="embedding", **dt)(x, train)
     x = x.reshape(batch, -1, self.hidden_size)  # patches in raster (row-major) order
     if self.pool == "token":
       cls = self.param("cls", nn.initializers.zeros, (1, 1, self.hidden_size), self.param_dtype)
