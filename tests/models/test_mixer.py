@@ -128,8 +128,9 @@ def test_zero_drop_path_in_training_is_the_definition():
   images = np.random.default_rng(5).uniform(-1, 1, (2, 16, 16, 3))
   params = random_params(model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"], 6)
   got = model.apply({"params": params}, jnp.asarray(images, jnp.float32), train=True)
-  np.testing.assert_array_equal(got, model.apply({"params": params},
-                                                 jnp.asarray(images, jnp.float32)))
+  want = model.apply({"params": params}, jnp.asarray(images, jnp.float32))
+  # Equal but for rounding: in training on a CPU the stem multiplies the flattened patches.
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
   x = mixer.MixerBlock(tokens_mlp_dim=8, channels_mlp_dim=32)
   y = np.random.default_rng(1).normal(size=(2, 16, 16))
   block = random_params(x.init(jax.random.key(0), jnp.zeros((1, 16, 16)), False)["params"])

@@ -211,8 +211,10 @@ def test_drop_path_acts_in_training_only_reproducibly_and_adds_no_parameters():
   np.testing.assert_array_equal(train(dropping, 5), train(dropping, 5))
   assert not np.allclose(train(dropping, 5), train(dropping, 6))
   assert not np.allclose(train(dropping, 5), evaluated)
-  # Rate 0 is the identity and draws nothing: training needs no dropout key.
-  np.testing.assert_array_equal(plain.apply({"params": params}, x, train=True), evaluated)
+  # Rate 0 is the identity and draws nothing: training needs no dropout key. Equal but for
+  # rounding: in training on a CPU the patch embedding multiplies the flattened patches.
+  np.testing.assert_allclose(plain.apply({"params": params}, x, train=True), evaluated,
+                             rtol=0, atol=1e-5 * float(np.abs(evaluated).max()))
 
 
 @pytest.mark.slow

@@ -89,8 +89,9 @@ class MlpMixer(nn.Module):
     inputs.check_grid(height, width, self.patch_size)
     dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     p = self.patch_size
-    x = nn.Conv(self.hidden_size, (p, p), strides=(p, p), padding="VALID", name="stem", **dt)(
-        inputs.to_unit_range(images).astype(self.dtype))
+    # A strided convolution's parameters (nn.Conv's names, shapes and initial values).
+    x = inputs.PatchEmbedding(self.hidden_size, p, name="stem", **dt)(
+        inputs.to_unit_range(images).astype(self.dtype), train)
     x = x.reshape(batch, -1, self.hidden_size)
     block = stack.rematted(MixerBlock, self.remat)
     settings = dict(tokens_mlp_dim=self.tokens_mlp_dim, channels_mlp_dim=self.channels_mlp_dim,
