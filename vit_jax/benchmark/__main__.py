@@ -111,8 +111,8 @@ def run(args: argparse.Namespace) -> dict:
   if problem:
     raise ValueError(problem)
   kind = devices[0].device_kind
-  if args.t2t_repo and timm_side.t2t_repo_problem(args.t2t_repo):
-    raise ValueError(f"--t2t_repo {timm_side.t2t_repo_problem(args.t2t_repo)}")
+  if args.t2t_repo and (problem := timm_side.t2t_repo_problem(args.t2t_repo)):
+    raise ValueError(f"--t2t_repo {problem}")
   compiled, step_args, compile_s = measure.compile_step(setup)
   result = {**vars(setup), "devices": len(devices), "device_kind": kind,
             "jax_version": jax.__version__, "jaxlib_version": jaxlib.__version__,
