@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from vit_jax.io import torch_state
-from vit_jax.models import t2t
+from vit_jax.models import t2t, t2t_tokens
 from vit_jax.train import optim
 
 # 16x16 images: soft splits 7x7/2, 3x3/2, 3x3/1 give 8x8, 4x4 and 4x4 tokens.
@@ -256,6 +256,52 @@ def test_initialisation_fixed_tables_and_random_features():
       "attn"]["qkv"]
   assert not np.any(params["blocks_0"]["mlp"]["fc1"]["bias"])
   np.testing.assert_array_equal(params["norm"]["scale"], np.ones(16))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 5, 9])
+def test_query_slices_keep_attention_and_its_gradients(rows):
+  rng = np.random.default_rng(2)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 10, 4)), jnp.float32) for _ in range(3))
+  cotangent = jnp.asarray(rng.normal(size=(2, 10, 4)), jnp.float32)
+
+  def loss(q, k, v, rows):
+    return jnp.sum(t2t_tokens.sliced_attention(q, k, v, rows) * cotangent)
+
+  logits = np.einsum("bqd,bkd->bqk", q, k)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  expected = np.einsum("bqk,bkd->bqd", weights / weights.sum(-1, keepdims=True), v)
+  got = jax.jit(t2t_tokens.sliced_attention, static_argnums=3)(q, k, v, rows)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+  whole = jax.grad(loss, argnums=(0, 1, 2))(q, k, v, None)
+  sliced = jax.grad(loss, argnums=(0, 1, 2))(q, k, v, rows)
+  for a, b in zip(sliced, whole, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(b))))
+
+
+def test_token_attention_in_query_slices_is_the_same_layer():
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 12, 6)), jnp.float32)
+  whole, sliced = t2t_tokens.TokenAttention(8, query_rows=12), t2t_tokens.TokenAttention(
+      8, query_rows=5)
+  params = whole.init(jax.random.PRNGKey(0), x)
+  assert jax.tree.map(jnp.shape, sliced.init(jax.random.PRNGKey(0), x)) == jax.tree.map(
+      jnp.shape, params)
+  np.testing.assert_allclose(sliced.apply(params, x), whole.apply(params, x), rtol=1e-5,
+                             atol=1e-6)
+
+  def grads(layer):
+    return jax.grad(lambda p: jnp.sum(layer.apply(p, x) ** 2))(params)
+
+  for a, b in zip(jax.tree.leaves(grads(sliced)), jax.tree.leaves(grads(whole)), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(b))))
+
+
+def test_query_rows_default_per_backend_and_mode_and_bad_values():
+  expected = t2t_tokens.CPU_QUERY_ROWS if jax.default_backend() == "cpu" else None
+  assert t2t_tokens.query_rows(None, train=True) == expected
+  assert t2t_tokens.query_rows(None, train=False) is None
+  assert t2t_tokens.query_rows(7, train=False) == 7
+  with pytest.raises(ValueError, match="query_rows 0 is not positive"):
+    t2t_tokens.query_rows(0, train=True)
 
 
 def test_soft_split_is_torch_unfold_with_zero_padding():

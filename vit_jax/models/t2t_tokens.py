@@ -23,6 +23,11 @@ T2T_LAYERS = ("performer", "transformer")
 PERFORMER_DROPOUT = 0.1  # the reference Token_performer's fixed dp1 and dp2
 KERNEL_RATIO = 0.5  # random features per token_dim of the performer
 PERFORMER_EPSILON = 1e-8  # added to the performer's normaliser
+# In training on a CPU the first transformer T2T layer's (3136 x 3136) logits per image are
+# computed in query slices of at most this many rows: the training step took 7-10% less time so,
+# while the benchmark's inference step took longer (docs/performance.md). Elsewhere they are
+# computed whole.
+CPU_QUERY_ROWS = 784
 
 
 def padding(kernel: int, stride: int) -> int:
@@ -122,24 +127,49 @@ class TokenPerformer(nn.Module):
     return x + h
 
 
+def query_rows(setting: int | None, train: bool) -> int | None:
+  """The query rows per slice `TokenAttention` computes with: `setting` if given, else
+  `CPU_QUERY_ROWS` in training on a CPU and the whole sequence (None) otherwise."""
+  if setting is not None:
+    if setting < 1:
+      raise ValueError(f"query_rows {setting} is not positive; use None or a row count")
+    return setting
+  return CPU_QUERY_ROWS if train and jax.default_backend() == "cpu" else None
+
+
+def sliced_attention(q: jax.Array, k: jax.Array, v: jax.Array, rows: int | None) -> jax.Array:
+  """softmax(q k^T) v over (B, T, D) arrays, the queries in equal slices of at most `rows` rows.
+
+  Every query row sees every key either way, so slicing keeps the function.
+  """
+  tokens = q.shape[1]
+  parts = 1 if rows is None else -(-tokens // rows)
+  bounds = [tokens * i // parts for i in range(parts + 1)]
+  outs = []
+  for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+    logits = jnp.einsum("bqd,bkd->bqk", q[:, lo:hi], k, preferred_element_type=jnp.float32)
+    outs.append(jnp.einsum("bqk,bkd->bqd", jax.nn.softmax(logits, axis=-1).astype(v.dtype), v))
+  return outs[0] if parts == 1 else jnp.concatenate(outs, axis=1)
+
+
 class TokenAttention(nn.Module):
   """The reference token_transformer.Attention with one head: v + proj(softmax(q k^T s) v).
 
-  `qkv` (no bias) gives q, k, v of `width` each; s = (input width)^-0.5.
+  `qkv` (no bias) gives q, k, v of `width` each; s = (input width)^-0.5. `query_rows`: see
+  `query_rows` (the function); it changes the speed, not the function.
   """
 
   width: int
+  query_rows: int | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     e = self.width
     qkv = dense(3 * e, "qkv", self.dtype, self.param_dtype, use_bias=False)(x)
     q, k, v = qkv[..., :e], qkv[..., e:2 * e], qkv[..., 2 * e:]
-    logits = jnp.einsum("bqd,bkd->bqk", q * x.shape[-1] ** -0.5, k,
-                        preferred_element_type=jnp.float32)
-    y = jnp.einsum("bqk,bkd->bqd", jax.nn.softmax(logits, axis=-1).astype(v.dtype), v)
+    y = sliced_attention(q * x.shape[-1] ** -0.5, k, v, query_rows(self.query_rows, train))
     return v + dense(e, "proj", self.dtype, self.param_dtype)(y)
 
 
@@ -155,7 +185,7 @@ class TokenTransformer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = TokenAttention(self.width, name="attn", **dt)(norm(self, "norm1")(x))
+    x = TokenAttention(self.width, name="attn", **dt)(norm(self, "norm1")(x), train)
     return x + Mlp(self.width, gelu=self.gelu, name="mlp", **dt)(norm(self, "norm2")(x), train)
 
 
