@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.models import inputs
 from vit_jax.models.torch_layers import Mlp, dense, norm
 
 Dtype = Any
@@ -47,17 +48,7 @@ def soft_split(x: jax.Array, kernel: int, stride: int) -> jax.Array:
   Feature c*k*k + i*k + j of an output position holds channel c at kernel row i, column j, the
   order of nn.Unfold; taps in the padding read zeros.
   """
-  pad = padding(kernel, stride)
-  batch, height, width, channels = x.shape
-  out_h = (height + 2 * pad - kernel) // stride + 1
-  out_w = (width + 2 * pad - kernel) // stride + 1
-  x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  # Rows, then columns: 2k strided slices (k^2 slices compile several times slower).
-  rows = jnp.stack([jax.lax.slice_in_dim(x, i, i + stride * (out_h - 1) + 1, stride, axis=1)
-                    for i in range(kernel)], axis=-1)  # (B, H', W + 2p, C, k)
-  taps = jnp.stack([jax.lax.slice_in_dim(rows, j, j + stride * (out_w - 1) + 1, stride, axis=2)
-                    for j in range(kernel)], axis=-1)  # (B, H', W', C, k, k)
-  return taps.reshape(batch, out_h, out_w, channels * kernel * kernel)
+  return inputs.conv_taps(x, kernel, stride, padding(kernel, stride), channels_last=False)
 
 
 def sinusoid_table(positions: int, width: int) -> np.ndarray:

@@ -158,7 +158,8 @@ class Block(nn.Module):
 
 
 class PixelEmbed(nn.Module):
-  """The pixel convolution `proj`, applied to each patch (P, p, p, C) on its own."""
+  """The pixel convolution `proj`, applied to each patch (P, p, p, C) on its own (in training on
+  a CPU as a product of its windows: `inputs.WindowConv`)."""
 
   inner_dim: int
   inner_stride: int
@@ -166,15 +167,14 @@ class PixelEmbed(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, patches: jax.Array) -> jax.Array:
+  def __call__(self, patches: jax.Array, train: bool = False) -> jax.Array:
     fan_in = patches.shape[-1] * KERNEL * KERNEL
-    pad = KERNEL // 2
     # PyTorch's default Conv2d init (kaiming_uniform with a=sqrt(5)): uniform +-1/sqrt(fan_in).
-    return nn.Conv(self.inner_dim, (KERNEL, KERNEL), strides=self.inner_stride,
-                   padding=((pad, pad), (pad, pad)),
-                   kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
-                   bias_init=_torch_conv_bias(fan_in), dtype=self.dtype,
-                   param_dtype=self.param_dtype, name="proj")(patches)
+    return inputs.WindowConv(
+        self.inner_dim, KERNEL, self.inner_stride, KERNEL // 2,
+        kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+        bias_init=_torch_conv_bias(fan_in), dtype=self.dtype, param_dtype=self.param_dtype,
+        name="proj")(patches, train)
 
 
 def inner_side(patch_size: int, inner_stride: int) -> int:
@@ -231,7 +231,7 @@ class TNT(nn.Module):
     x = inputs.to_unit_range(images).astype(self.dtype)
     patches = x.reshape(batch, gh, p, gw, p, channels).transpose(0, 1, 3, 2, 4, 5)
     inner = PixelEmbed(c, self.inner_stride, name="pixel_embed", **dt)(
-        patches.reshape(batch * gh * gw, p, p, channels))
+        patches.reshape(batch * gh * gw, p, p, channels), train)
     pixel_pos = self.param("pixel_pos", TRUNC, (1, c, side, side), self.param_dtype)
     inner = inner + jnp.transpose(pixel_pos, (0, 2, 3, 1)).astype(self.dtype)
     inner = inner.reshape(batch * gh * gw, side * side, c)
