@@ -1,5 +1,7 @@
 """The hybrid's ResNet stem against NumPy computations written from the definitions."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -85,6 +87,43 @@ def test_pointwise_gradients_match_the_convolution(stride):
   got = jax.grad(loss(lambda x, k: resnet.pointwise(x, k, stride)), argnums=(0, 1))(x, kernel)
   for g, w in zip(got, want, strict=True):
     np.testing.assert_allclose(g, w, atol=1e-5 * float(jnp.max(jnp.abs(w))))
+
+
+@pytest.mark.parametrize("size,kernel,stride", [
+    ((8, 8), 3, 1), ((9, 7), 3, 2), ((10, 10), 7, 2), ((11, 11), 3, 2), ((5, 6), 7, 2)])
+def test_same_conv_and_its_gradients_are_the_convolutions(size, kernel, stride):
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(size=(2, *size, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 4)) / (kernel * np.sqrt(3)), jnp.float32)
+
+  def conv(x, w):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  want, want_vjp = jax.vjp(conv, x, w)
+  got, got_vjp = jax.vjp(lambda x, w: resnet.same_conv(x, w, stride), x, w)
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+  cotangent = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+  for g, v in zip(got_vjp(cotangent), want_vjp(cotangent), strict=True):
+    np.testing.assert_allclose(g, v, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(v))))
+
+
+def test_std_conv_gradients_inside_a_loop_are_convolutions_in_the_nhwc_form():
+  """Gradient accumulation's scan: every convolution XLA:CPU compiles is b01f_01io->b01f."""
+  conv = resnet.StdConv(8, 3, strides=2)
+  x = jnp.ones((3, 2, 9, 9, 4))
+  params = conv.init(jax.random.key(0), x[0])
+
+  def accumulated(params):
+    def body(total, images):
+      grads = jax.grad(lambda p: jnp.sum(conv.apply(p, images) ** 2))(params)
+      return jax.tree.map(jnp.add, total, grads), None
+    return jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), x)[0]
+
+  assert jax.default_backend() == "cpu"
+  hlo = jax.jit(accumulated).lower(params).compile().as_text()
+  labels = re.findall(r" convolution\(.*?dim_labels=(\S+?),", hlo)
+  assert labels and set(labels) == {"b01f_01io->b01f"}
 
 
 def test_group_norm_uses_32_groups():

@@ -9,6 +9,7 @@ original format's, at the top level of the ViT that calls `stem`: `conv_root`, `
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,9 +46,70 @@ class StdConv(nn.Module):
     x = x.astype(self.dtype)
     if k == 1:
       return pointwise(x, kernel[0, 0], self.strides)
+    if jax.default_backend() == "cpu":
+      return same_conv(x, kernel, self.strides)
     return jax.lax.conv_general_dilated(
         x, kernel, (self.strides, self.strides), "SAME",
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _same_padding(size: int, kernel: int, strides: int) -> tuple[int, int, int]:
+  """(output size, padding before, padding after) of a SAME convolution along one axis."""
+  out = -(-size // strides)
+  total = max((out - 1) * strides + kernel - size, 0)
+  return out, total // 2, total - total // 2
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def same_conv(x: jax.Array, kernel: jax.Array, strides: int) -> jax.Array:
+  """The SAME convolution of NHWC `x` with a square HWIO kernel, whose gradients are themselves
+  convolutions in the NHWC/HWIO form, their operands transposed explicitly.
+
+  JAX's own gradients are convolutions in other forms (the weight gradient contracts over the
+  batch as `f01b_i01o->01bf`). XLA:CPU rewrites those into this form with transposes in the
+  step's top-level computation, but not inside a loop: there, with gradient accumulation's
+  `lax.scan`, they ran in a generic kernel up to ~100x slower: an R50+ViT-B/16 step of 2
+  micro-batches of 8 on a 2-core Intel Xeon took 69.3 s with jax 0.10.2 and 82.0 s with
+  0.12.0.1, and 12.3 and 11.7 s with these gradients (docs/performance.md). Used on a CPU only.
+  """
+  return _conv(x, kernel, strides)
+
+
+def _conv(x: jax.Array, kernel: jax.Array, strides: int) -> jax.Array:
+  k = kernel.shape[0]
+  pads = [_same_padding(n, k, strides)[1:] for n in x.shape[1:3]]
+  return jax.lax.conv_general_dilated(x, kernel, (strides, strides), pads,
+                                      dimension_numbers=_NHWC)
+
+
+def _same_conv_fwd(x: jax.Array, kernel: jax.Array, strides: int):
+  return _conv(x, kernel, strides), (x, kernel)
+
+
+def _same_conv_bwd(strides: int, residuals: tuple[jax.Array, jax.Array], g: jax.Array):
+  x, kernel = residuals
+  k = kernel.shape[0]
+  axes = [_same_padding(n, k, strides) for n in x.shape[1:3]]
+  # Weight gradient: the input's channels as the batch, the batch as the features, the output
+  # gradient (dilated by the stride) as the kernel.
+  weight_pads = [(lo, k + strides * (out - 1) - n - lo)
+                 for (out, lo, _), n in zip(axes, x.shape[1:3], strict=True)]
+  dkernel = jax.lax.conv_general_dilated(
+      x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), (1, 1), weight_pads,
+      rhs_dilation=(strides, strides), dimension_numbers=_NHWC).transpose(1, 2, 0, 3)
+  # Input gradient: the output gradient dilated by the stride, with the flipped kernel.
+  input_pads = [(k - 1 - lo, n - 1 - strides * (out - 1) + lo)
+                for (out, lo, _), n in zip(axes, x.shape[1:3], strict=True)]
+  dx = jax.lax.conv_general_dilated(
+      g, kernel[::-1, ::-1].transpose(0, 1, 3, 2), (1, 1), input_pads,
+      lhs_dilation=(strides, strides), dimension_numbers=_NHWC)
+  return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+same_conv.defvjp(_same_conv_fwd, _same_conv_bwd)
 
 
 def pointwise(x: jax.Array, kernel: jax.Array, strides: int = 1) -> jax.Array:
