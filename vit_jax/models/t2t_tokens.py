@@ -25,9 +25,9 @@ PERFORMER_DROPOUT = 0.1  # the reference Token_performer's fixed dp1 and dp2
 KERNEL_RATIO = 0.5  # random features per token_dim of the performer
 PERFORMER_EPSILON = 1e-8  # added to the performer's normaliser
 # In training on a CPU the first transformer T2T layer's (3136 x 3136) logits per image are
-# computed in query slices of at most this many rows: the training step took 7-10% less time so,
-# while the benchmark's inference step took longer (docs/performance.md). Elsewhere they are
-# computed whole.
+# computed in query slices of at most this many rows: T2T-ViT_t-14's training step took 8% less
+# time so with jax 0.10.2 and 2% with 0.12.0.1, while the benchmark's inference step took longer
+# (docs/performance.md). Elsewhere they are computed whole.
 CPU_QUERY_ROWS = 784
 
 
