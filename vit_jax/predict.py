@@ -140,7 +140,9 @@ def make_forward(setup: dict[str, Any]) -> Forward:
       lambda p, x: chunks.sharded_apply(lambda part: model.apply({"params": p}, part), x,
                                         per_pass, mesh.size),
       in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
-      compiler_options=cpu_matmul.inference_options("auto", jax.default_backend()))
+      compiler_options=cpu_matmul.inference_options(
+          "auto", jax.default_backend(), registry.family_of(setup["model"]["name"]).name,
+          registry.arch_values(setup["model"])["hidden_size"]))
   return Forward(forward, mesh.size)
 
 

@@ -156,8 +156,7 @@ def compile_step(setup: Setup) -> tuple[Any, tuple[Any, ...], float]:
     fn = jax.jit(lambda params, x: chunks.sharded_apply(
         lambda part: model.apply({"params": params}, part), x, per_pass, mesh.size),
                  in_shardings=(state_sh.params, batch_sh),
-                 compiler_options=cpu_matmul.inference_options(setup.cpu_matmul,
-                                                               jax.default_backend()))
+                 compiler_options=cpu_matmul.inference_options(*_matmul_args(setup)))
     args = (state.params, images)
   else:
     raise ValueError(f"unknown mode '{setup.mode}'; choose train or infer")

@@ -38,11 +38,23 @@ the other families the patch embedding is the only convolution, and the list mad
 15% slower with jax 0.12.0.1 and ViT's and the Mixer's no faster. Forward passes already leave
 convolutions out, with the lone products.
 
+oneDNN's fusions (`inference_options`): jaxlib 0.10 also hands each lone product to oneDNN
+when compiled with `xla_cpu_use_onednn` and oneDNN's fusion type
+`LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT`. On the model-167 Xeon with jax 0.10.2 that made ViT-Ti/16's
+and ViT-S/16's forward passes 3.5-5% faster than Eigen's products, left the width-768 families
+within 1.5%, and made T2T-ViT_t-14's 6% and the quickstart's TNT 10% slower; with jax 0.12.0.1
+it made no ViT faster and the Mixer-B/16 and R50+ViT-B/16 passes 34-63% slower. So `auto` asks
+for it only in ViT forward passes up to `AUTO_MAX_WIDTH`, with jaxlib releases before
+`AUTO_ONEDNN_FUSIONS_BEFORE`. (Its wider type `LIBRARY_FUSION_TYPE_DOT` aborts the process with
+"partition compile failed" on a product whose operand is computed in the same fusion, and in
+training the lone products made ViT-Ti/16's step slower: neither is used.)
+
 Modes: `onednn` asks for it wherever the probe succeeds; `xla` never does; `auto` does on Intel
 CPUs, where it was measured, for the widths it made faster there (hidden size up to
 `AUTO_MAX_WIDTH`) except for the families it made slower (`AUTO_SKIPS`), and leaves other CPUs
 (not measured), wider models and accelerators alone; only `auto` asks for Eigen's products in
-inference and its convolutions in training, on Intel CPUs.
+inference and its convolutions in training, on Intel CPUs. In inference `onednn` asks for
+oneDNN's fusions wherever the probe succeeds, `auto` as said above.
 """
 
 from __future__ import annotations
@@ -71,6 +83,13 @@ AUTO_MAX_WIDTH = 384
 # Families whose training step XLA's own convolutions made faster (Intel Xeon, batch 8): the
 # hybrid, whose ResNet stem's 3x3 weight gradients YNNPACK computes slowly (the docstring).
 AUTO_XLA_CONVOLUTIONS = ("ResNet+ViT",)
+# Forward passes whose products oneDNN's fusions made faster (Intel Xeon, jax 0.10.2), and the
+# first jaxlib release (major, minor) measured without the gain (0.12.0.1; 0.11 not measured).
+AUTO_ONEDNN_FUSION_FAMILIES = ("ViT",)
+AUTO_ONEDNN_FUSIONS_BEFORE = (0, 11)
+_ONEDNN_FUSIONS = {"xla_cpu_use_onednn": True,
+                   "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+_ONEDNN_FUSION = "__onednn_fusion"  # the fusions' kind in the compiled HLO
 
 
 def check_mode(mode: str) -> str | None:
@@ -182,12 +201,57 @@ def _leaves_ynnpack(fn: Any, operands: tuple[Any, ...], fusion_types: str) -> bo
     return False
 
 
-def inference_options(mode: str, backend: str) -> dict[str, Any] | None:
-  """`jax.jit`'s `compiler_options` for a forward pass (None: XLA's defaults): under `auto`, on
-  an Intel CPU, its 2-D products in Eigen instead of YNNPACK."""
+def inference_options(mode: str, backend: str, family: str, width: int
+                      ) -> dict[str, Any] | None:
+  """`jax.jit`'s `compiler_options` for a forward pass of a model of `family` and hidden size
+  `width` (None: XLA's defaults): under `auto`, on an Intel CPU, its 2-D products in Eigen
+  instead of YNNPACK, or in oneDNN where `uses_onednn_fusions` says so."""
   problem = check_mode(mode)
   if problem:
     raise ValueError(problem)
-  if backend != "cpu" or mode != "auto" or not intel_cpu():
+  if backend != "cpu" or mode == "xla":
     return None
-  return {_FUSION_TYPES: _NO_LONE_PRODUCTS} if eigen_products_available() else None
+  options: dict[str, Any] = {}
+  if mode == "auto" and intel_cpu() and eigen_products_available():
+    options[_FUSION_TYPES] = _NO_LONE_PRODUCTS
+  if uses_onednn_fusions(mode, backend, family, width):
+    options.update(_ONEDNN_FUSIONS)
+  return options or None
+
+
+def uses_onednn_fusions(mode: str, backend: str, family: str, width: int) -> bool:
+  """Whether a forward pass of a model of `family` and hidden size `width` runs its products in
+  oneDNN's fusions: under `onednn` wherever this jaxlib has them, under `auto` where measured
+  faster (the module's docstring)."""
+  problem = check_mode(mode)
+  if problem:
+    raise ValueError(problem)
+  if backend != "cpu" or mode == "xla":
+    return False
+  if mode == "auto" and (family not in AUTO_ONEDNN_FUSION_FAMILIES or width > AUTO_MAX_WIDTH
+                         or not intel_cpu() or jaxlib_release() >= AUTO_ONEDNN_FUSIONS_BEFORE):
+    return False
+  return onednn_fusions_available()
+
+
+def jaxlib_release() -> tuple[int, int]:
+  """This jaxlib's (major, minor) version."""
+  import jaxlib.version
+
+  major, minor = jaxlib.version.__version__.split(".")[:2]
+  return int(major), int(minor)
+
+
+@functools.cache
+def onednn_fusions_available() -> bool:
+  """Whether this jaxlib hands a lone product to a oneDNN fusion when asked (probed once)."""
+  import jax
+  import jax.numpy as jnp
+
+  operand = jax.ShapeDtypeStruct((256, 256), jnp.float32)
+  try:
+    lowered = jax.jit(lambda a, b: a @ b).lower(operand, operand)
+    return (_ONEDNN_FUSION not in lowered.compile().as_text()
+            and _ONEDNN_FUSION in lowered.compile(_ONEDNN_FUSIONS).as_text())
+  except Exception:  # an unknown option or value (INVALID_ARGUMENT), or no CPU backend
+    return False

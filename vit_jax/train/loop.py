@@ -230,6 +230,9 @@ def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = N
 
   nonfinite = config.get("nonfinite", "stop")
   state_sh, param_sh, repl = where.state, where.state.params, where.replicated
+  matmul_model = (config.get("cpu_matmul", "auto"), jax.default_backend(),
+                  registry.family_of(config.model.name).name,
+                  registry.arch_values(config.model)["hidden_size"])
   train_step = jax.jit(
       step_lib.make_train_step(model, tx, schedule, loss=config.loss,
                                accum_steps=config.accum_steps, seed=config.seed,
@@ -244,15 +247,11 @@ def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = N
                                    config.batch_size // config.accum_steps // where.mesh.size,
                                    jax.default_backend())),
       in_shardings=(state_sh, where.batch), out_shardings=(state_sh, repl), donate_argnums=0,
-      compiler_options=cpu_matmul.compiler_options(
-          config.get("cpu_matmul", "auto"), jax.default_backend(),
-          registry.family_of(config.model.name).name,
-          registry.arch_values(config.model)["hidden_size"]))
+      compiler_options=cpu_matmul.compiler_options(*matmul_model))
   per_pass = chunks.images_per_pass(config.get("infer_chunk", 0), model, image_shape,
                                     jax.default_backend())
   devices = where.mesh.size
-  forward_options = cpu_matmul.inference_options(config.get("cpu_matmul", "auto"),
-                                                 jax.default_backend())
+  forward_options = cpu_matmul.inference_options(*matmul_model)
   eval_step = multihost.one_at_a_time(jax.jit(
       step_lib.make_eval_step(model, loss=config.loss, images_per_pass=per_pass,
                               devices=devices),
