@@ -38,6 +38,9 @@ def test_benchmark_reports_consistent_figures(tmp_path, capsys, mode):
         "auto", jax.default_backend(), "ViT", 192)  # ViT-Ti/16's width
     assert result["compiler_options"] == (cpu_matmul.compiler_options(
         "auto", jax.default_backend(), "ViT", 192) or {})
+  else:  # the forward pass's own options, oneDNN's fusions among them where asked for
+    assert result["compiler_options"] == (cpu_matmul.inference_options(
+        "auto", jax.default_backend(), "ViT", 192) or {})
 
 
 @pytest.mark.slow

@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> dict:
     result["onednn_matmul"] = measure.uses_onednn(setup)
     result["compiler_options"] = measure.train_options(setup) or {}
   if setup.mode == "infer":
+    result["compiler_options"] = measure.infer_options(setup) or {}
     per_pass = measure.images_per_pass(setup)
     result["images_per_pass"] = min(per_pass or setup.batch, setup.batch // len(devices))
   if args.compile_only:

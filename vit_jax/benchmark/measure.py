@@ -119,6 +119,11 @@ def train_options(setup: Setup) -> dict[str, Any] | None:
   return cpu_matmul.compiler_options(*_matmul_args(setup))
 
 
+def infer_options(setup: Setup) -> dict[str, Any] | None:
+  """The forward pass's compiler options for `setup.cpu_matmul` (vit_jax/train/cpu_matmul.py)."""
+  return cpu_matmul.inference_options(*_matmul_args(setup))
+
+
 def uses_onednn(setup: Setup) -> bool:
   """Whether the training step of `setup` runs its weight gradients in oneDNN."""
   return cpu_matmul.uses_onednn(*_matmul_args(setup))
@@ -156,7 +161,7 @@ def compile_step(setup: Setup) -> tuple[Any, tuple[Any, ...], float]:
     fn = jax.jit(lambda params, x: chunks.sharded_apply(
         lambda part: model.apply({"params": params}, part), x, per_pass, mesh.size),
                  in_shardings=(state_sh.params, batch_sh),
-                 compiler_options=cpu_matmul.inference_options(*_matmul_args(setup)))
+                 compiler_options=infer_options(setup))
     args = (state.params, images)
   else:
     raise ValueError(f"unknown mode '{setup.mode}'; choose train or infer")
