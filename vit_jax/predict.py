@@ -141,8 +141,7 @@ def make_forward(setup: dict[str, Any]) -> Forward:
                                         per_pass, mesh.size),
       in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
       compiler_options=cpu_matmul.inference_options(
-          "auto", jax.default_backend(), registry.family_of(setup["model"]["name"]).name,
-          registry.arch_values(setup["model"])["hidden_size"]))
+          "auto", jax.default_backend(), *registry.family_and_width(setup["model"])))
   return Forward(forward, mesh.size)
 
 

@@ -157,3 +157,13 @@ def test_listing_command_refuses_unknown_models(capsys):
   assert "is not a registered model" in capsys.readouterr().err
   assert models_cli.main(["ViT-B/16", "--image_size", "100"]) == 2
   assert "--image_size 100 is not divisible by model.patch_size 16" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model,expected", [
+    ({"name": "ViT-Ti/16"}, ("ViT", 192)), ({"name": "ViT-S/16"}, ("ViT", 384)),
+    ({"name": "R50+ViT-B/16"}, ("ResNet+ViT", 768)), ({"name": "Mixer-B/16"}, ("Mixer", 768)),
+    ({"name": "ViT-B/16", "hidden_size": 512}, ("ViT", 512)),  # a size given overrides the preset
+    ({"name": "ViT-custom", "patch_size": 7, "hidden_size": 128, "num_layers": 4, "num_heads": 4,
+      "mlp_dim": 256}, ("ViT", 128))])
+def test_family_and_width_of_a_model_section(model, expected):
+  assert registry.family_and_width(model) == expected

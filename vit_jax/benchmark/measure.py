@@ -110,8 +110,7 @@ def _optimizer_config(setup: Setup) -> ml_collections.ConfigDict:
 
 
 def _matmul_args(setup: Setup) -> tuple[str, str, str, int]:
-  return (setup.cpu_matmul, jax.default_backend(), registry.family_of(setup.model).name,
-          model_section(setup)["hidden_size"])
+  return (setup.cpu_matmul, jax.default_backend(), *registry.family_and_width(model_section(setup)))
 
 
 def train_options(setup: Setup) -> dict[str, Any] | None:

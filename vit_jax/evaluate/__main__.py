@@ -68,8 +68,7 @@ def evaluate_run(workdir: str, step: int | None = None,
                                     jax.default_backend())
   forward_options = cpu_matmul.inference_options(
       config.get("cpu_matmul", "auto"), jax.default_backend(),
-      registry.family_of(config.model.name).name,
-      registry.arch_values(config.model)["hidden_size"])
+      *registry.family_and_width(config.model))
   eval_step = multihost.one_at_a_time(jax.jit(
       step_lib.make_eval_step(model, loss=config.loss, images_per_pass=per_pass,
                               devices=mesh.size),

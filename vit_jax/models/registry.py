@@ -118,6 +118,12 @@ def arch_values(model: Mapping[str, Any]) -> dict[str, Any]:
   return given
 
 
+def family_and_width(model: Mapping[str, Any]) -> tuple[str, int]:
+  """The family's name and the hidden size of `model` (a `config.model` section): what the
+  CPU's choice of matrix-product library depends on (`vit_jax.train.cpu_matmul`)."""
+  return family_of(model.get("name")).name, arch_values(model)["hidden_size"]
+
+
 def section(name: str, **overrides: Any) -> dict[str, Any]:
   """A complete `config.model` section for `name`: preset (or given) sizes, family defaults."""
   family = family_of(name)

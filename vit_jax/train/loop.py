@@ -231,8 +231,7 @@ def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = N
   nonfinite = config.get("nonfinite", "stop")
   state_sh, param_sh, repl = where.state, where.state.params, where.replicated
   matmul_model = (config.get("cpu_matmul", "auto"), jax.default_backend(),
-                  registry.family_of(config.model.name).name,
-                  registry.arch_values(config.model)["hidden_size"])
+                  *registry.family_and_width(config.model))
   train_step = jax.jit(
       step_lib.make_train_step(model, tx, schedule, loss=config.loss,
                                accum_steps=config.accum_steps, seed=config.seed,
