@@ -13,6 +13,8 @@ from vit_jax.train.step import init_state, make_train_step
 
 INTEL = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 207\n"
 AMD = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+ONEDNN_FUSIONS = {"xla_cpu_use_onednn": True,
+                  "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
 def test_modes_are_checked():
@@ -42,7 +44,47 @@ def test_only_cpu_steps_and_only_measured_cases_ask_for_onednn(monkeypatch):
   assert not cpu_matmul.uses_onednn("auto", "cpu", "Mixer", 384)  # measured slower
   assert cpu_matmul.uses_onednn("onednn", "cpu", "Mixer", 768)  # asked for explicitly
   monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: False)  # e.g. jax 0.10
+  monkeypatch.setattr(cpu_matmul, "onednn_fusions_available", lambda: False)
   assert cpu_matmul.compiler_options("onednn", "cpu", "ViT", 384) is None
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("ViT-Ti/16", True), ("ViT-S/16", True), ("TNT-S", True), ("T2T-ViT-14", True),
+    ("ViT-B/16", False), ("R50+ViT-B/16", False), ("Mixer-B/16", False)])
+def test_training_asks_for_onednn_fusions_where_ynnpack_takes_weight_gradients(
+    monkeypatch, name, expected):
+  """Where the custom call rewrites nothing, oneDNN's fusions take the weight gradients; under
+  `auto` only where YNNPACK would take them (measured faster there, jax 0.12.1) and within the
+  custom call's width and families."""
+  monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: False)
+  monkeypatch.setattr(cpu_matmul, "onednn_fusions_available", lambda: True)
+  monkeypatch.setattr(cpu_matmul, "ynnpack_weight_gradients", lambda: True)
+  monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: True)
+  family, width = registry.family_of(name).name, registry.section(name)["hidden_size"]
+  options = cpu_matmul.compiler_options("auto", "cpu", family, width) or {}
+  assert (ONEDNN_FUSIONS.items() <= options.items()) is expected
+  assert "xla_cpu_experimental_onednn_custom_call" not in options
+  assert cpu_matmul.uses_onednn("auto", "cpu", family, width) is expected
+  assert cpu_matmul.training_onednn("onednn", "cpu", family, width) == ONEDNN_FUSIONS
+  assert cpu_matmul.training_onednn("xla", "cpu", family, width) is None
+  assert cpu_matmul.training_onednn("auto", "gpu", family, width) is None
+  monkeypatch.setattr(cpu_matmul, "ynnpack_weight_gradients", lambda: False)  # jax 0.10, 0.12.0
+  assert not cpu_matmul.uses_onednn("auto", "cpu", family, width)
+  assert cpu_matmul.training_onednn("onednn", "cpu", family, width) == ONEDNN_FUSIONS
+  monkeypatch.setattr(cpu_matmul, "ynnpack_weight_gradients", lambda: True)
+  monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: False)
+  assert not cpu_matmul.uses_onednn("auto", "cpu", family, width)  # not measured on others
+  monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: True)
+  monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: True)  # the custom call first
+  assert cpu_matmul.training_onednn("onednn", "cpu", family, width) == {
+      "xla_cpu_experimental_onednn_custom_call": True}
+
+
+def test_the_weight_gradient_probe_agrees_with_the_compiler():
+  """True exactly when XLA:CPU's default puts a lone `a.T @ b` in a YNNPACK fusion."""
+  operand = jax.ShapeDtypeStruct((256, 256), np.float32)
+  text = jax.jit(lambda a, b: a.T @ b).lower(operand, operand).compile().as_text()
+  assert cpu_matmul.ynnpack_weight_gradients() is (_ynn_2d_products(text) == 1)
 
 
 @pytest.mark.parametrize("name,expected", [
@@ -97,12 +139,27 @@ def _one_step(options, **model_settings):
 
 
 @pytest.mark.skipif(not cpu_matmul.onednn_available(),
-                    reason="this jaxlib does not rewrite products to oneDNN (jax < 0.12)")
+                    reason="this jaxlib does not rewrite products to oneDNN (jax 0.10, 0.12.1)")
 def test_onednn_products_give_the_same_gradients():
   ours, text = _one_step(None)
   theirs, rewritten = _one_step({"xla_cpu_experimental_onednn_custom_call": True})
   # the option took effect, on the weight gradients
   assert text.count("__onednn$matmul") == 0 and rewritten.count("__onednn$matmul") > 0
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
+
+
+@pytest.mark.skipif(not cpu_matmul.onednn_fusions_available(),
+                    reason="this jaxlib has no oneDNN fusions")
+def test_onednn_fusions_give_the_same_gradients():
+  """A training step's products, weight gradients included, in oneDNN's fusions: only rounding
+  changes."""
+  ours, text = _one_step(None)
+  theirs, fused = _one_step(ONEDNN_FUSIONS)
+  assert "__onednn_fusion" not in text
+  # Per layer: q/k/v, out and the MLP's two products, each forward, input and weight gradient.
+  assert fused.count("__onednn_fusion") >= 2 * 4 * 3
+  assert not _PRODUCT.search(fused.split("ENTRY")[-1])  # no 2-D product outside a fusion
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
 
@@ -123,10 +180,6 @@ def test_inference_asks_for_eigen_only_under_auto_on_intel_cpus(monkeypatch):
   monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: True)
   monkeypatch.setattr(cpu_matmul, "eigen_products_available", lambda: False)
   assert cpu_matmul.inference_options("auto", "cpu", "ViT", 192) is None
-
-
-ONEDNN_FUSIONS = {"xla_cpu_use_onednn": True,
-                  "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
 @pytest.mark.parametrize("name,release,expected", [
@@ -288,5 +341,5 @@ def test_onednn_fusions_give_the_same_logits(settings):
       model)
   assert "__onednn_fusion" not in ours
   assert theirs.count("__onednn_fusion") >= 2 * 6  # q/k/v, out, the MLP's two, per layer
-  assert " dot(" not in theirs.split("ENTRY")[-1]  # no product left outside a fusion
+  assert not _PRODUCT.search(theirs.split("ENTRY")[-1])  # no 2-D product outside a fusion
   np.testing.assert_allclose(onednn_logits, logits, rtol=0, atol=1e-5 * np.abs(logits).max())

@@ -12,7 +12,8 @@ compiler_options=...)`), where a release that does not know it fails with a catc
 instead of aborting the process, and only after a probe compilation showed that it takes effect.
 
 Executables with oneDNN calls are not written to JAX's persistent compilation cache (jax
-0.12.0.1 warns `std::bad_alloc` and compiles them again in the next process).
+0.12.0.1 warns `std::bad_alloc`, 0.12.1 that its oneDNN fusions cannot be serialised) and are
+compiled again in the next process.
 
 oneDNN's matmul is not faster at every shape: on a 2-core Intel Xeon (family 6, model 167) it
 ran the (784 x 768)^T by (784 x 3072) weight gradient of a width-768 MLP at about half XLA's
@@ -48,6 +49,15 @@ for it only in ViT forward passes up to `AUTO_MAX_WIDTH`, with jaxlib releases b
 `AUTO_ONEDNN_FUSIONS_BEFORE`. (Its wider type `LIBRARY_FUSION_TYPE_DOT` aborts the process with
 "partition compile failed" on a product whose operand is computed in the same fusion, and in
 training the lone products made ViT-Ti/16's step slower: neither is used.)
+
+jax 0.12.1's YNNPACK takes the weight gradients (`a.T @ b`) too, before oneDNN's custom call
+can, so the custom call's option rewrites nothing there. oneDNN's fusions take every lone
+product instead, weight gradients included: on the model-167 Xeon with jax 0.12.1 they made the
+training steps of ViT-Ti/16 at batch 32, ViT-S/16 at 8 and 32, TNT-S and T2T-ViT-14 3.7-9.1%
+faster (ViT-Ti/16 at batch 8 and T2T-ViT_t-14 within 1.1%), and those of Mixer-B/16 and
+ViT-B/16 11-22% slower. So a training step asks for them (`training_onednn`) within the custom
+call's limits (`AUTO_MAX_WIDTH`, `AUTO_SKIPS`) where the probe `ynnpack_weight_gradients` shows
+YNNPACK taking weight gradients; with jax 0.10.2 and 0.12.0.1 they moved it within 2.5-4%.
 
 Modes: `onednn` asks for it wherever the probe succeeds; `xla` never does; `auto` does on Intel
 CPUs, where it was measured, for the widths it made faster there (hidden size up to
@@ -138,15 +148,43 @@ def onednn_available() -> bool:
 def uses_onednn(mode: str, backend: str, family: str, width: int) -> bool:
   """Whether a training step of a model of `family` (a registry family's name, e.g. "ViT") and
   hidden size `width`, compiled for `backend` in this mode, runs its weight-gradient products
-  in oneDNN."""
+  in oneDNN: its custom call's, or oneDNN's fusions' (`training_onednn`)."""
+  return training_onednn(mode, backend, family, width) is not None
+
+
+def training_onednn(mode: str, backend: str, family: str, width: int) -> dict[str, Any] | None:
+  """The compiler options that put a training step's weight gradients in oneDNN (None: they
+  stay where XLA:CPU puts them): its custom call where this jaxlib rewrites products to it,
+  else oneDNN's fusions, which take every lone product. Under `auto` only on Intel CPUs, up to
+  `AUTO_MAX_WIDTH` and outside `AUTO_SKIPS`, and the fusions only with releases whose YNNPACK
+  takes the weight gradients (`ynnpack_weight_gradients`), where they were measured faster."""
   problem = check_mode(mode)
   if problem:
     raise ValueError(problem)
   if backend != "cpu" or mode == "xla":
-    return False
+    return None
   if mode == "auto" and (family in AUTO_SKIPS or width > AUTO_MAX_WIDTH or not intel_cpu()):
+    return None
+  if onednn_available():
+    return {_OPTION: True}
+  if (mode == "onednn" or ynnpack_weight_gradients()) and onednn_fusions_available():
+    return dict(_ONEDNN_FUSIONS)
+  return None
+
+
+@functools.cache
+def ynnpack_weight_gradients() -> bool:
+  """Whether this jaxlib hands a lone weight-gradient-shaped product (`a.T @ b`, contracting
+  over both operands' rows) to YNNPACK by default (probed once; jax 0.12.1 does, earlier
+  releases leave it to XLA's own kernels)."""
+  import jax
+  import jax.numpy as jnp
+
+  operand = jax.ShapeDtypeStruct((256, 256), jnp.float32)
+  try:
+    return _YNN in jax.jit(lambda a, b: a.T @ b).lower(operand, operand).compile().as_text()
+  except Exception:  # no CPU backend
     return False
-  return onednn_available()
 
 
 def compiler_options(mode: str, backend: str, family: str, width: int
@@ -154,9 +192,7 @@ def compiler_options(mode: str, backend: str, family: str, width: int
   """`jax.jit`'s `compiler_options` for a training step (None: XLA's defaults): oneDNN's weight
   gradients where `uses_onednn` says so, and under `auto`, on an Intel CPU, the convolutions of
   the families in `AUTO_XLA_CONVOLUTIONS` in XLA's own kernels instead of YNNPACK's."""
-  options: dict[str, Any] = {}
-  if uses_onednn(mode, backend, family, width):
-    options[_OPTION] = True
+  options: dict[str, Any] = dict(training_onednn(mode, backend, family, width) or {})
   if (mode == "auto" and backend == "cpu" and family in AUTO_XLA_CONVOLUTIONS and intel_cpu()
       and eigen_convolutions_available()):
     options[_FUSION_TYPES] = _NO_CONVOLUTIONS
