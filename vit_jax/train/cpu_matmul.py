@@ -192,7 +192,7 @@ def compiler_options(mode: str, backend: str, family: str, width: int
   """`jax.jit`'s `compiler_options` for a training step (None: XLA's defaults): oneDNN's weight
   gradients where `uses_onednn` says so, and under `auto`, on an Intel CPU, the convolutions of
   the families in `AUTO_XLA_CONVOLUTIONS` in XLA's own kernels instead of YNNPACK's."""
-  options: dict[str, Any] = dict(training_onednn(mode, backend, family, width) or {})
+  options: dict[str, Any] = training_onednn(mode, backend, family, width) or {}
   if (mode == "auto" and backend == "cpu" and family in AUTO_XLA_CONVOLUTIONS and intel_cpu()
       and eigen_convolutions_available()):
     options[_FUSION_TYPES] = _NO_CONVOLUTIONS
