@@ -7,7 +7,8 @@ Compiles the benchmark's own step (vit_jax.benchmark.measure), runs it `--warmup
 - the wall time and the kernel time summed over threads;
 - the kernels grouped by what the compiled HLO says they compute (a kernel that holds a dot or
   a convolution is a matrix product, even when YNNPACK fused a reduction into it; plain `dot`
-  kernels run on Eigen, the others in YNNPACK), largest first, with the top kernels;
+  kernels run on Eigen, `onednn_fusion` ones in oneDNN, the others in YNNPACK), largest first,
+  with the top kernels;
 - how busy XLA's two worker threads were: each one's share of the steps' wall time, the share with
   both busy, and the time a thread spent waiting for the other to finish its part of a kernel.
   Kernels overlap, so summed kernel times are not additive; the idle shares are.
@@ -75,7 +76,8 @@ def kinds_from_hlo(hlo_text: str) -> dict[str, str]:
         kinds[name + _ONEDNN] = "matrix products (oneDNN)"
       ops = ops_of.get(_callee(rest), set()) | {op}
       library = ("YNNPACK" if name.startswith("ynn") else
-                 "XNNPACK" if name.startswith("xnn") else "")
+                 "XNNPACK" if name.startswith("xnn") else
+                 "oneDNN" if name.startswith("onednn") else "")
       if ops & {"dot", "convolution"}:
         kinds[name] = f"matrix products ({library or 'Eigen'})"
       elif "reduce" in ops or "reduce-window" in ops:
@@ -314,7 +316,7 @@ def main() -> None:
     for e in kernels:
       if e["name"] in products:
         label, flops = products[e["name"]]
-        if _ONEDNN in e["name"]:
+        if _ONEDNN in e["name"] or e["name"].startswith("onednn"):
           label += "  (oneDNN)"
         elif not e["name"].startswith(("ynn", "xnn")):
           label += "  (Eigen: launch only)"
