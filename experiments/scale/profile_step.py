@@ -33,7 +33,7 @@ import time
 import jax
 
 from vit_jax.benchmark import measure
-from vit_jax.train import host_memory
+from vit_jax.train import cpu_matmul, host_memory
 
 # name, type (lazily past a tuple type's spaces), opcode, the rest of the line
 _INSTRUCTION = re.compile(r"\s+(?:ROOT )?%([\w.\-]+) = (.+?) ([\w\-]+)\((.*)")
@@ -251,6 +251,8 @@ def parser(doc: str, top: int) -> argparse.ArgumentParser:
 def main() -> None:
   p = parser(__doc__, 25)
   p.add_argument("--attention", default="auto")
+  p.add_argument("--cpu_matmul", default="auto", choices=cpu_matmul.MODES,
+                 help="as the benchmark's flag: which library multiplies (train/cpu_matmul.py)")
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--keep", default=None, help="keep the trace in this folder")
   p.add_argument("--detail", action="store_true",
@@ -262,7 +264,8 @@ def main() -> None:
   # Before the step's compilation starts a backend.
   host_memory.configure(measure.host_memory_mode(args.host_memory, args.mode))
   setup = measure.Setup(model=args.model, batch=args.batch, mode=args.mode,
-                        image_size=args.image_size, attention=args.attention)
+                        image_size=args.image_size, attention=args.attention,
+                        cpu_matmul=args.cpu_matmul)
   compiled, step_args, compile_s = measure.compile_step(setup)
   kinds = kinds_from_hlo(compiled.as_text())
   products = products_from_hlo(compiled.as_text()) if args.detail else {}
