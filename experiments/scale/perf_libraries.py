@@ -3,8 +3,7 @@
     python experiments/scale/arenas.py --arenas 0 --sync --model ViT-Ti/16 --batch 32 \
         --steps 40 &                                   # wait for its warm-up, then:
     perf record -F 499 -g -p PID -o perf.data -- sleep 20
-    perf script -i perf.data > perf.txt
-    python experiments/scale/perf_libraries.py perf.txt
+    perf script -i perf.data | python experiments/scale/perf_libraries.py -
 
 `profile_step.py` sees kernels through JAX's trace, where an Eigen product is only its launch.
 Sampling the threads instead splits their time by the code they run: YNNPACK's product kernels
@@ -19,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import sys
 
 
 def category(frames: list[str]) -> str:
@@ -42,11 +42,15 @@ def category(frames: list[str]) -> str:
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("perf_script", help="the output of `perf script` with call chains (-g)")
+  p.add_argument("perf_script", help="the output of `perf script` with call chains (-g), a file "
+                 "or - for standard input")
   args = p.parse_args()
   counts: collections.Counter[str] = collections.Counter()
-  with open(args.perf_script) as f:
-    samples = f.read().split("\n\n")
+  if args.perf_script == "-":
+    samples = sys.stdin.read().split("\n\n")
+  else:
+    with open(args.perf_script) as f:
+      samples = f.read().split("\n\n")
   for sample in samples:
     lines = [line.strip() for line in sample.strip().splitlines()]
     if len(lines) < 2 or not lines[0].startswith(("tf_XLA", "python")):
