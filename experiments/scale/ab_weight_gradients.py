@@ -7,16 +7,16 @@ against the step as the model computes it, timed alternately in one process.
 XLA differentiates `x @ w` into `x.T @ g` for the weight's gradient, a product contracting both
 operands' rows, which XLA:CPU's YNNPACK does not take (jax 0.10 and 0.12.0.1): Eigen multiplies it,
 or oneDNN where `cpu_matmul` asks. A variant ending in `+T` computes the step with a custom VJP
-on the ViT's dense products (the MLP's two layers, the attention's q/k/v and output projections)
-whose weight gradient multiplies a transposed copy of the narrower operand in the forward form
-(`x^T @ g`, or `(g^T @ x)^T` with the result transposed back), each copy kept by an
-`optimization_barrier` so that XLA does not fold the transpose back into the product. The part
-before `+` is the step's `cpu_matmul` mode. For this measurement only: the model's code is
-patched while the variant is traced. Prints each variant's largest difference from the first in
-the parameters and optimizer state after one step (relative to each array's largest value),
-then its median and best step in ms. `--then_run S` keeps stepping the last variant for S
-seconds afterwards, printing its pid first, for a sampling profiler to attach to (`perf record
--p PID`, then `perf_libraries.py`).
+on the ViT's dense products (every `nn.Dense`: the MLP's two layers and the head; the
+attention's q/k/v and output projections) whose weight gradient multiplies a transposed copy of
+the narrower operand in the forward form (`x^T @ g`, or `(g^T @ x)^T` with the result transposed
+back), each copy kept by an `optimization_barrier` so that XLA does not fold the transpose back
+into the product. The part before `+` is the step's `cpu_matmul` mode. For this measurement
+only: the model's code is patched while the variant is traced. Prints each variant's largest
+difference from the first in the parameters and optimizer state after one step (relative to
+each array's largest value), then its median and best step in ms. `--then_run S` keeps stepping
+the last variant for S seconds afterwards, printing its pid first, for a sampling profiler to
+attach to (`perf record -p PID`, then `perf_libraries.py`).
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ class _Numpy:
 @contextlib.contextmanager
 def patched(on: bool) -> Iterator[None]:
   """The ViT's dense products with `product`'s backward while tracing, if `on`."""
+  # `mlp.nn` is flax.linen itself: every nn.Dense traced meanwhile takes the patch.
   dense, numpy = mlp.nn.Dense, attention.jnp
   if on:
     mlp.nn.Dense = functools.partial(dense, dot_general=_dot_general)
