@@ -133,20 +133,25 @@ def main() -> None:
     cpu_devices.configure(cpu_devices.plan(0, args.batch, inference=True))
   else:
     host_memory.configure("retain")
+  variants = {"defaults": {}, **{text: parse_options(text) for text in args.options}}
+  clock_fns = {"train": _train_clocks, "infer": _infer_clocks, "infer_step": _infer_step_clocks}
+  clocks, outputs = clock_fns[args.mode](args, variants)
+  report(clocks, outputs, "defaults", warmup=1, steps=args.steps, rounds=args.rounds)
 
+
+def report(clocks: dict[str, Any], outputs: dict[str, list[Any]], reference: str, *, warmup: int,
+           steps: int, rounds: int) -> None:
+  """Prints each variant's largest difference from `reference`'s outputs (relative to each
+  array's largest value), then times the variants alternately and prints their median and best."""
   import numpy as np
 
   from vit_jax.benchmark import measure
 
-  variants = {"defaults": {}, **{text: parse_options(text) for text in args.options}}
-  clock_fns = {"train": _train_clocks, "infer": _infer_clocks, "infer_step": _infer_step_clocks}
-  clocks, outputs = clock_fns[args.mode](args, variants)
-  reference = outputs["defaults"]
   for name, arrays in outputs.items():
     difference = max(float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
-                     for a, b in zip(arrays, reference, strict=True) if b.size)
-    print(f"{name}: largest difference from the defaults {difference:.1e}")
-  times = measure.interleave(clocks, warmup=1, steps=args.steps, rounds=args.rounds)
+                     for a, b in zip(arrays, outputs[reference], strict=True) if b.size)
+    print(f"{name}: largest difference from {reference} {difference:.1e}")
+  times = measure.interleave(clocks, warmup=warmup, steps=steps, rounds=rounds)
   for name, t in times.items():
     print(f"{name}: median {statistics.median(t) * 1e3:7.1f} ms, best {min(t) * 1e3:7.1f} ms "
           f"over {len(t)} steps")

@@ -25,13 +25,13 @@ import argparse
 import contextlib
 import functools
 import os
-import statistics
 import time
 from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ab_options import report  # this folder is on the path when the script runs
 
 from vit_jax.benchmark import measure
 from vit_jax.models import attention, mlp
@@ -118,15 +118,7 @@ def main() -> None:
     state, _ = compiled(*step_args)  # the first step's state is donated to the clock
     outputs[name] = [np.asarray(a) for a in jax.tree.leaves((state.params, state.opt_state))]
     clocks[name] = measure.step_clock(setup, compiled, (state, step_args[1]))
-  first = args.variants[0]
-  for name in args.variants[1:]:
-    worst = max(float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(a))), 1e-30))
-                for a, b in zip(outputs[first], outputs[name], strict=True) if a.size > 1)
-    print(f"{name}: largest difference from {first} after one step {worst:.2e}")
-  times = measure.interleave(clocks, warmup=2, steps=args.steps, rounds=args.rounds)
-  for name, seconds in times.items():
-    print(f"{name}: median {statistics.median(seconds) * 1e3:.1f} ms, "
-          f"best {min(seconds) * 1e3:.1f} ms over {len(seconds)} steps")
+  report(clocks, outputs, args.variants[0], warmup=2, steps=args.steps, rounds=args.rounds)
   if args.then_run > 0:
     print(f"pid {os.getpid()}: {args.variants[-1]} for {args.then_run:.0f} s", flush=True)
     end = time.perf_counter() + args.then_run
