@@ -4,8 +4,9 @@
 
 Times jitted gradients (parameters and input) of sum(f(x) * x) for: our `EncoderBlock`, its
 attention half (x + attention(LN(x))), its MLP half (x + MLP(LN(x))) and the two halves
-composed; and, where torch and timm are installed, timm's `Block` of the same sizes. Median of
-`--steps` calls, milliseconds. Setting XLA_FLAGS before running compares XLA:CPU options.
+composed; and, where torch and timm are installed, timm's `Block` of the same sizes and its two
+halves (x + attn(norm1(x)), x + mlp(norm2(x))). Median of `--steps` calls, milliseconds.
+Setting XLA_FLAGS before running compares XLA:CPU options.
 Freed host memory stays mapped as in training runs (`--host_memory`, vit_jax/train/host_memory.py);
 `--host_memory release` measures with the C library's defaults.
 """
@@ -77,7 +78,8 @@ def ours(module: nn.Module, x: jax.Array, steps: int) -> float:
   return median_ms(lambda: jax.block_until_ready(grad(params, x)), steps)
 
 
-def timms(x: np.ndarray, heads: int, mlp: int, steps: int) -> float | None:
+def timms(x: np.ndarray, heads: int, mlp: int, steps: int) -> dict[str, float] | None:
+  """timm's `Block` of the same sizes, and its two halves, as `ours` times ours."""
   try:
     import torch
     from timm.models.vision_transformer import Block
@@ -85,12 +87,17 @@ def timms(x: np.ndarray, heads: int, mlp: int, steps: int) -> float | None:
     return None
   block = Block(x.shape[-1], heads, mlp_ratio=mlp / x.shape[-1], qkv_bias=True)
   inputs = torch.from_numpy(x).requires_grad_(True)
+  parts = {
+      "timm Block": block,
+      "timm attention half": lambda v: v + block.attn(block.norm1(v)),
+      "timm MLP half": lambda v: v + block.mlp(block.norm2(v)),
+  }
 
-  def step() -> None:
+  def step(f: Callable[[Any], Any]) -> None:
     block.zero_grad(set_to_none=True)
-    (block(inputs) * inputs).sum().backward()
+    (f(inputs) * inputs).sum().backward()
 
-  return median_ms(step, steps)
+  return {name: median_ms(lambda f=f: step(f), steps) for name, f in parts.items()}
 
 
 def main() -> None:
@@ -114,10 +121,12 @@ def main() -> None:
       "halves composed": Halves(args.heads, args.mlp),
   }
   for name, module in parts.items():
-    print(f"{name:16s} forward+backward {ours(module, x, args.steps):7.2f} ms")
+    print(f"{name:20s} forward+backward {ours(module, x, args.steps):7.2f} ms")
   theirs = timms(host, args.heads, args.mlp, args.steps)
-  print(f"{'timm Block':16s} forward+backward "
-        + (f"{theirs:7.2f} ms" if theirs is not None else "(torch/timm not installed)"))
+  if theirs is None:
+    print("timm: torch/timm not installed")
+  for name, ms in (theirs or {}).items():
+    print(f"{name:20s} forward+backward {ms:7.2f} ms")
 
 
 if __name__ == "__main__":
