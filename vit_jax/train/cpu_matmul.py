@@ -57,7 +57,9 @@ training steps of ViT-Ti/16 at batch 32, ViT-S/16 at 8 and 32, TNT-S and T2T-ViT
 faster (ViT-Ti/16 at batch 8 and T2T-ViT_t-14 within 1.1%), and those of Mixer-B/16 and
 ViT-B/16 11-22% slower. So a training step asks for them (`training_onednn`) within the custom
 call's limits (`AUTO_MAX_WIDTH`, `AUTO_SKIPS`) where the probe `ynnpack_weight_gradients` shows
-YNNPACK taking weight gradients; with jax 0.10.2 and 0.12.0.1 they moved it within 2.5-4%.
+YNNPACK taking weight gradients. With jax 0.10.2 and 0.12.0.1 they moved it within 2.5-4%
+(at batch 32 with jax 0.10.2, 5-7% faster in one process one day, yet not measurably so against
+timm in the benchmark; docs/performance.md), so those releases keep XLA's defaults.
 
 Modes: `onednn` asks for it wherever the probe succeeds; `xla` never does; `auto` does on Intel
 CPUs, where it was measured, for the widths it made faster there (hidden size up to
