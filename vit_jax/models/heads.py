@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax.models.layernorm import LayerNorm
 from vit_jax.models.mlp import MlpBlock
 
 
@@ -31,6 +32,6 @@ class MAPHead(nn.Module):
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, kernel_init=nn.initializers.xavier_uniform(),
         name="MultiHeadDotProductAttention_0", **dt)(probe, x)
-    z = nn.LayerNorm(epsilon=self.layernorm_epsilon, name="LayerNorm_0", **dt)(y)
+    z = LayerNorm(epsilon=self.layernorm_epsilon, name="LayerNorm_0", **dt)(y)
     y = y + MlpBlock(self.mlp_dim, gelu=self.gelu, name="MlpBlock_0", **dt)(z, train=False)
     return y[:, 0]

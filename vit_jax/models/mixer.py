@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from vit_jax.models import droppath, inputs, stack
 from vit_jax.models.family import FEATURES, Family
+from vit_jax.models.layernorm import LayerNorm
 from vit_jax.models.mlp import MlpBlock
 
 Dtype = Any
@@ -47,11 +48,11 @@ class MixerBlock(nn.Module):
     dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     mlp = dict(dropout=self.dropout, gelu=self.gelu, kernel_init=nn.initializers.lecun_normal(),
                bias_init=nn.initializers.zeros, **dt)
-    y = nn.LayerNorm(epsilon=self.layernorm_epsilon, name="LayerNorm_0", **dt)(x)
+    y = LayerNorm(epsilon=self.layernorm_epsilon, name="LayerNorm_0", **dt)(x)
     y = MlpBlock(self.tokens_mlp_dim, name="token_mixing", **mlp)(
         jnp.swapaxes(y, 1, 2), train=train)  # (B, C, T): mixes along the patches
     x = x + droppath.DropPath(rate)(jnp.swapaxes(y, 1, 2), train)
-    y = nn.LayerNorm(epsilon=self.layernorm_epsilon, name="LayerNorm_1", **dt)(x)
+    y = LayerNorm(epsilon=self.layernorm_epsilon, name="LayerNorm_1", **dt)(x)
     y = MlpBlock(self.channels_mlp_dim, name="channel_mixing", **mlp)(y, train=train)
     x = x + droppath.DropPath(rate)(y, train)
     return (x, None) if self.scanned else x
@@ -103,7 +104,7 @@ class MlpMixer(nn.Module):
     rates = droppath.rates(self.drop_path, self.num_layers)
     for i in range(0 if self.scan_layers else self.num_layers):
       x = block(name=f"MixerBlock_{i}", drop_path=rates[i], **settings)(x, train)
-    x = nn.LayerNorm(epsilon=self.layernorm_epsilon, name="pre_head_layer_norm", **dt)(x)
+    x = LayerNorm(epsilon=self.layernorm_epsilon, name="pre_head_layer_norm", **dt)(x)
     x = jnp.mean(x, axis=1)
     if self.representation_size:
       x = nn.tanh(nn.Dense(self.representation_size, name="pre_logits", **dt)(x))

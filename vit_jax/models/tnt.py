@@ -47,6 +47,7 @@ import jax.numpy as jnp
 
 from vit_jax.models import attention, droppath, inputs, posemb, stack
 from vit_jax.models.family import FEATURES, Family
+from vit_jax.models.layernorm import LayerNorm
 from vit_jax.models.mlp import GELUS
 from vit_jax.models.torch_layers import TRUNC, Mlp, dense
 
@@ -134,8 +135,8 @@ class Block(nn.Module):
                train: bool) -> tuple[jax.Array, jax.Array]:
     dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
-    def norm(name: str) -> nn.LayerNorm:
-      return nn.LayerNorm(epsilon=self.layernorm_epsilon, name=name, **dt)
+    def norm(name: str) -> LayerNorm:
+      return LayerNorm(epsilon=self.layernorm_epsilon, name=name, **dt)
 
     def branch(y: jax.Array) -> jax.Array:
       return droppath.DropPath(self.drop_path)(y, train)
@@ -236,8 +237,8 @@ class TNT(nn.Module):
     inner = inner + jnp.transpose(pixel_pos, (0, 2, 3, 1)).astype(self.dtype)
     inner = inner.reshape(batch * gh * gw, side * side, c)
 
-    def norm(name: str) -> nn.LayerNorm:
-      return nn.LayerNorm(epsilon=self.layernorm_epsilon, name=name, **dt)
+    def norm(name: str) -> LayerNorm:
+      return LayerNorm(epsilon=self.layernorm_epsilon, name=name, **dt)
 
     outer = norm("norm1_proj")(inner.reshape(batch, gh * gw, side * side * c))
     outer = norm("norm2_proj")(dense(d, "proj", self.dtype, self.param_dtype)(outer))

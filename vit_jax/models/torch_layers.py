@@ -14,14 +14,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax.models.layernorm import LayerNorm
+
 Dtype = Any
 # timm's trunc_normal_(std=.02) cuts at +-2 absolute, i.e. 100 standard deviations.
 TRUNC = nn.initializers.truncated_normal(0.02, lower=-100.0, upper=100.0)
 
 
-def norm(module: nn.Module, name: str) -> nn.LayerNorm:
+def norm(module: nn.Module, name: str) -> LayerNorm:
   """A LayerNorm with `module`'s epsilon and dtypes."""
-  return nn.LayerNorm(epsilon=module.layernorm_epsilon, dtype=module.dtype,
+  return LayerNorm(epsilon=module.layernorm_epsilon, dtype=module.dtype,
                       param_dtype=module.param_dtype, name=name)
 
 

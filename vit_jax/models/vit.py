@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from vit_jax.models import attention, droppath, flops, inputs, posemb, resnet
 from vit_jax.models.family import FEATURES, Family
 from vit_jax.models.heads import MAPHead
+from vit_jax.models.layernorm import LayerNorm
 from vit_jax.models.mlp import MlpBlock
 from vit_jax.models.stack import REMAT_POLICIES, rematted, scan
 
@@ -57,7 +58,7 @@ class EncoderBlock(nn.Module):
       table = posemb.RelativeEmbedding(self.relative_grid, x.shape[-1] // self.num_heads,
                                        self.num_prefix, self.param_dtype, name="relative_posemb")()
       bias = posemb.relative_bias(table)
-    y = nn.LayerNorm(epsilon=self.layernorm_epsilon, name="LayerNorm_0", **dt)(x)
+    y = LayerNorm(epsilon=self.layernorm_epsilon, name="LayerNorm_0", **dt)(x)
     if attention.resolve(self.attention, self.dtype, has_bias=bias is not None) == "heads_first":
       y = attention.SelfAttention(num_heads=self.num_heads, extra_bias=bias,
                                   name="MultiHeadDotProductAttention_1", **dt)(y, self.queries)
@@ -76,7 +77,7 @@ class EncoderBlock(nn.Module):
     if self.queries:
       x = x[:, :self.queries]
     x = x + droppath.DropPath(rate)(y, train)
-    y = nn.LayerNorm(epsilon=self.layernorm_epsilon, name="LayerNorm_2", **dt)(x)
+    y = LayerNorm(epsilon=self.layernorm_epsilon, name="LayerNorm_2", **dt)(x)
     mlp = MlpBlock(self.mlp_dim, self.dropout, gelu=self.gelu, name="MlpBlock_3", **dt)
     x = x + droppath.DropPath(rate)(mlp(y, train=train), train)
     return (x, None) if self.scanned else x
@@ -158,7 +159,7 @@ class Encoder(nn.Module):
       last = i == self.num_layers - 1
       x = block(name=f"encoderblock_{i}", drop_path=rates[i], queries=self.outputs * last,
                 **settings)(x, train)
-    return nn.LayerNorm(epsilon=self.layernorm_epsilon, name="encoder_norm", dtype=self.dtype,
+    return LayerNorm(epsilon=self.layernorm_epsilon, name="encoder_norm", dtype=self.dtype,
                         param_dtype=self.param_dtype)(x)
 
 
