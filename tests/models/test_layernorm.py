@@ -109,3 +109,47 @@ def test_a_vits_layernorms_all_take_it():
   params = model.init(jax.random.key(0), images)
   # Two per block and the encoder's final norm.
   assert str(jax.make_jaxpr(model.apply)(params, images)).count("custom_vjp_call") == 5
+
+
+FAMILIES = [
+    ("ViT-custom", 16, dict(patch_size=4, hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32)),
+    ("Mixer-custom", 16, dict(patch_size=4, hidden_size=16, num_layers=2, tokens_mlp_dim=8,
+                              channels_mlp_dim=32)),
+    ("ResNet+ViT-custom", 16, dict(patch_size=1, hidden_size=16, num_layers=1, num_heads=2,
+                                   mlp_dim=32, resnet_layers=(1,), resnet_width=32)),
+    ("TNT-custom", 28, dict(patch_size=7, inner_dim=8, hidden_size=16, num_layers=2,
+                            inner_heads=2, num_heads=4, inner_mlp_dim=16, mlp_dim=32,
+                            inner_stride=2)),
+    ("T2T-ViT-custom", 32, dict(hidden_size=16, num_layers=2, num_heads=2, mlp_dim=32,
+                                token_dim=8, t2t_layer="transformer")),
+]
+
+
+@pytest.mark.parametrize("name, size, sizes", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_every_familys_training_gradients_are_unchanged(name, size, sizes, monkeypatch):
+  from vit_jax.models import registry
+
+  model = registry.build(registry.section(name, **sizes), 10)
+  images = normal((2, size, size, 3), 0)
+  labels = jax.nn.one_hot(jnp.arange(2), 10)
+  params = perturbed(jax.jit(model.init)(jax.random.key(0), images)["params"])
+
+  def loss(params):
+    logits = model.apply({"params": params}, images, train=True, rngs={"dropout":
+                                                                       jax.random.key(1)})
+    return -jnp.sum(jax.nn.log_softmax(logits) * labels), logits
+
+  (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+  assert "custom_vjp_call" in str(jax.make_jaxpr(loss)(params))
+  monkeypatch.setattr(LayerNorm, "_custom_backward", lambda self, x, mask: False)
+  (_, want_logits), want = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+  np.testing.assert_array_equal(logits, want_logits)
+  largest = max(np.abs(w).max() for w in jax.tree.leaves(want))
+  for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want), strict=True):
+    # Within 1e-5 of the leaf's largest value. Leaves whose gradients are small next to the
+    # model's largest carry its rounding: a bias that a softmax or a LayerNorm cancels (the keys',
+    # the Mixer's token-mixing output) is zero but for it, and the hybrid's first queries and keys
+    # (under 1e-3 of the largest here) are as far from float64's with either form. Those within
+    # 1e-5 of the model's largest gradient.
+    scale = np.abs(w).max() if np.abs(w).max() > 1e-2 * largest else largest
+    assert np.abs(g - w).max() <= 1e-5 * scale
