@@ -14,7 +14,8 @@ Compiles the benchmark's own step (vit_jax.benchmark.measure), runs it `--warmup
   Kernels overlap, so summed kernel times are not additive; the idle shares are.
 `--keep DIR` keeps the trace. `--detail` also prints the matrix products grouped by shape with
 their rate (an Eigen product's trace event is only its launch, so its rate means nothing), and
-the other kernels' time by the part of the step they come from (forward, backward, update).
+the other kernels' time by the part of the step they come from (forward, backward, update) and
+by the model module (block indices dropped) within it.
 """
 
 from __future__ import annotations
@@ -150,6 +151,21 @@ def origins_from_hlo(hlo_text: str) -> dict[str, str]:
   return origins
 
 
+def modules_from_hlo(hlo_text: str) -> dict[str, str]:
+  """Kernel name -> the model module its JAX operations come from, by `op_name` with the block
+  indices and the operation dropped ('Transformer/encoderblock/LayerNorm'), after its part of
+  the step (as `origins_from_hlo`)."""
+  origins, modules = origins_from_hlo(hlo_text), {}
+  for line in hlo_text.splitlines():
+    m = re.match(r"\s+(?:ROOT )?%([\w.\-]+) = ", line)
+    op_name = re.search(r'op_name="([^"]*)"', line)
+    if m and op_name:
+      parts = [re.sub(r"_\d+$", "", part) for part in op_name.group(1).split("/")[1:-1]
+               if not part.startswith(("jvp(", "transpose(", "jit("))]
+      modules[m.group(1)] = f"{origins[m.group(1)]} {'/'.join(parts) or '(top level)'}"
+  return modules
+
+
 def load_trace(trace_dir: str) -> list[dict]:
   """The complete ('X') events of the perfetto trace under `trace_dir`, with their threads."""
   files = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
@@ -270,6 +286,7 @@ def main() -> None:
   kinds = kinds_from_hlo(compiled.as_text())
   products = products_from_hlo(compiled.as_text()) if args.detail else {}
   origins = origins_from_hlo(compiled.as_text()) if args.detail else {}
+  modules = modules_from_hlo(compiled.as_text()) if args.detail else {}
   trace_dir = args.keep or tempfile.mkdtemp(prefix="profile_step_")
   times = []
 
@@ -335,6 +352,14 @@ def main() -> None:
         by_origin[origins.get(e["name"], "unnamed")] += e["dur"]
     print("the other kernels by origin (ms per step): " + ", ".join(
         f"{origin} {us / n / 1e3:.1f}" for origin, us in by_origin.most_common()))
+    by_module, kernels_of = collections.Counter(), collections.Counter()
+    for e in kernels:
+      if e["name"] not in products:
+        by_module[modules.get(e["name"], "unnamed")] += e["dur"]
+        kernels_of[modules.get(e["name"], "unnamed")] += 1
+    print(f"the other kernels by module, top {args.top} (ms per step, kernels per step):")
+    for module, us in by_module.most_common(args.top):
+      print(f"  {us / n / 1e3:8.1f} ms  x{kernels_of[module] / n:5.0f}  {module}")
 
 
 if __name__ == "__main__":
