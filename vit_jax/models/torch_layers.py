@@ -24,7 +24,7 @@ TRUNC = nn.initializers.truncated_normal(0.02, lower=-100.0, upper=100.0)
 def norm(module: nn.Module, name: str) -> LayerNorm:
   """A LayerNorm with `module`'s epsilon and dtypes."""
   return LayerNorm(epsilon=module.layernorm_epsilon, dtype=module.dtype,
-                      param_dtype=module.param_dtype, name=name)
+                   param_dtype=module.param_dtype, name=name)
 
 
 class Linear(nn.Dense):
