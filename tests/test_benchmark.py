@@ -46,14 +46,20 @@ def test_benchmark_reports_consistent_figures(tmp_path, capsys, mode):
 @pytest.mark.slow
 def test_accumulation_plans_memory_for_one_micro_batch(tmp_path):
   planned = {}
-  for accum in (1, 8):
+  for accum in (1, 2, 8):
     out = tmp_path / f"r{accum}.json"
     bench.main([*SMALL, "--image_size", "64", "--batch", "512", "--accum_steps", str(accum),
                 "--compile_only", "--json", str(out)])
     result = json.loads(out.read_text())
     assert "img_per_sec" not in result  # compiled, not run
     planned[accum] = result["planned_memory_bytes"]
-  assert planned[8] < 0.5 * planned[1]
+  # XLA's plan: a fixed part (parameters, optimizer state, the batch) and the activations of one
+  # micro-batch. Fitted on 1 and 2 micro-batches, the activations are a real share and the fit
+  # predicts the plan for 8.
+  activations = 2 * (planned[1] - planned[2])
+  fixed = planned[1] - activations
+  assert activations > 0.3 * planned[1]
+  assert planned[8] <= fixed + activations / 8 + 0.05 * activations
 
 
 @pytest.mark.parametrize("args,message", [
