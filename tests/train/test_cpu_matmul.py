@@ -159,7 +159,9 @@ def test_onednn_fusions_give_the_same_gradients():
   assert "__onednn_fusion" not in text
   # Per layer: q/k/v, out and the MLP's two products, each forward, input and weight gradient.
   assert fused.count("__onednn_fusion") >= 2 * 4 * 3
-  assert not _PRODUCT.search(fused.split("ENTRY")[-1])  # no 2-D product outside a fusion
+  # No matrix product outside a fusion; a LayerNorm's gradient may leave a matrix-vector
+  # product with its scale (one column) to XLA's own kernels.
+  assert not _MATRIX_PRODUCT.search(fused.split("ENTRY")[-1])
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
 
@@ -282,6 +284,7 @@ def test_xla_convolutions_give_the_same_gradients():
 
 
 _PRODUCT = re.compile(r"= f32\[\d+,\d+\]\S* dot\(")
+_MATRIX_PRODUCT = re.compile(r"= f32\[\d+,(?!1\])\d+\]\S* dot\(")  # two columns or more
 _CONVOLUTION = re.compile(r"= f32\[[\d,]+\]\S* convolution\(")
 
 
