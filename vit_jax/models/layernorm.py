@@ -60,7 +60,10 @@ def _backward(epsilon: float, residuals: tuple[jax.Array, jax.Array, jax.Array, 
   # matrix-vector products with `scale`, so no reduction needs `scale` broadcast to full size.
   sum_g = jnp.dot(dy, scale32)[..., None]
   sum_g_xhat = jnp.dot(dy_xhat, scale32)[..., None]
-  dx = rstd * (dy * scale32 - (sum_g + xhat * sum_g_xhat) / x.shape[-1])
+  d = x.shape[-1]
+  # Grouped so that the row means are subtracted before the products with rstd: in float32
+  # this lands closer to float64's gradient than the derived form (measured on a tiny ViT).
+  dx = (rstd * (dy * scale32 - sum_g / d)) - (rstd * xhat) * (sum_g_xhat / d)
   return (dx.astype(x.dtype), dy_xhat.sum(rows).astype(scale.dtype),
           dy.sum(rows).astype(scale.dtype))
 
