@@ -2,8 +2,7 @@
 
 Parameter names follow the original checkpoint format (see docs/design.md): `embedding`, `cls`,
 `Transformer/encoderblock_{i}/{LayerNorm_0,MultiHeadDotProductAttention_1,LayerNorm_2,MlpBlock_3}`,
-`Transformer/encoder_norm`, `pre_logits`, `head`.
-"""
+`Transformer/encoder_norm`, `pre_logits`, `head`."""
 
 from __future__ import annotations
 
@@ -160,7 +159,7 @@ class Encoder(nn.Module):
       x = block(name=f"encoderblock_{i}", drop_path=rates[i], queries=self.outputs * last,
                 **settings)(x, train)
     return LayerNorm(epsilon=self.layernorm_epsilon, name="encoder_norm", dtype=self.dtype,
-                        param_dtype=self.param_dtype)(x)
+                     param_dtype=self.param_dtype)(x)
 
 
 def token_stride(patch_size: int, resnet_layers: tuple[int, ...] | None) -> int:
