@@ -13,6 +13,7 @@ from vit_jax.train.step import init_state, make_train_step
 
 INTEL = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 207\n"
 AMD = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+OTHER = "CentaurHauls"  # a vendor none of auto's choices was measured on
 ONEDNN_FUSIONS = {"xla_cpu_use_onednn": True,
                   "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
@@ -23,22 +24,23 @@ def test_modes_are_checked():
     cpu_matmul.compiler_options("fast", "cpu", "ViT", 192)
 
 
-@pytest.mark.parametrize("text,expected", [(INTEL, True), (AMD, False), (None, False)])
-def test_intel_cpu_reads_the_vendor(tmp_path, text, expected):
+@pytest.mark.parametrize("text,expected", [
+    (INTEL, cpu_matmul.INTEL), (AMD, cpu_matmul.AMD), (None, "")])
+def test_cpu_vendor_reads_the_vendor(tmp_path, text, expected):
   path = tmp_path / "cpuinfo"
   if text is not None:
     path.write_text(text)
-  assert cpu_matmul.intel_cpu(str(path)) is expected
+  assert cpu_matmul.cpu_vendor(str(path)) == expected
 
 
 def test_only_cpu_steps_and_only_measured_cases_ask_for_onednn(monkeypatch):
   monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: True)
-  monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: False)
+  monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: OTHER)
   assert cpu_matmul.compiler_options("auto", "cpu", "ViT", 384) is None  # not measured on others
   assert cpu_matmul.compiler_options("onednn", "cpu", "ViT", 384) == {
       "xla_cpu_experimental_onednn_custom_call": True}
   assert cpu_matmul.compiler_options("onednn", "gpu", "ViT", 384) is None
-  monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: True)
+  monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: cpu_matmul.INTEL)
   assert cpu_matmul.uses_onednn("auto", "cpu", "TNT", 384)
   assert not cpu_matmul.uses_onednn("xla", "cpu", "ViT", 384)
   assert not cpu_matmul.uses_onednn("auto", "cpu", "Mixer", 384)  # measured slower
@@ -59,7 +61,7 @@ def test_training_asks_for_onednn_fusions_where_ynnpack_takes_weight_gradients(
   monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: False)
   monkeypatch.setattr(cpu_matmul, "onednn_fusions_available", lambda: True)
   monkeypatch.setattr(cpu_matmul, "ynnpack_weight_gradients", lambda: True)
-  monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: True)
+  monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: cpu_matmul.INTEL)
   family, width = registry.family_of(name).name, registry.section(name)["hidden_size"]
   options = cpu_matmul.compiler_options("auto", "cpu", family, width) or {}
   assert (ONEDNN_FUSIONS.items() <= options.items()) is expected
@@ -72,12 +74,42 @@ def test_training_asks_for_onednn_fusions_where_ynnpack_takes_weight_gradients(
   assert not cpu_matmul.uses_onednn("auto", "cpu", family, width)
   assert cpu_matmul.training_onednn("onednn", "cpu", family, width) == ONEDNN_FUSIONS
   monkeypatch.setattr(cpu_matmul, "ynnpack_weight_gradients", lambda: True)
-  monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: False)
+  monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: OTHER)
   assert not cpu_matmul.uses_onednn("auto", "cpu", family, width)  # not measured on others
-  monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: True)
+  monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: cpu_matmul.INTEL)
   monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: True)  # the custom call first
   assert cpu_matmul.training_onednn("onednn", "cpu", family, width) == {
       "xla_cpu_experimental_onednn_custom_call": True}
+
+
+@pytest.mark.parametrize("release,ynnpack,expected", [
+    ((0, 10), False, True), ((0, 12), True, True),  # jax 0.10.2 and 0.12.1: measured faster
+    ((0, 11), False, False), ((0, 12), False, False)])  # 0.11, 0.12.0: not measured
+def test_auto_on_amd_cpus_asks_only_for_what_was_measured_there(monkeypatch, release, ynnpack,
+                                                                  expected):
+  """Measured on an AMD EPYC: oneDNN's fusions made the ViT training steps faster; Eigen's and
+  oneDNN's forward products did not move the forward passes, and neither the custom call nor
+  the hybrid's convolutions were measured there."""
+  monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: cpu_matmul.AMD)
+  monkeypatch.setattr(cpu_matmul, "jaxlib_release", lambda: release)
+  monkeypatch.setattr(cpu_matmul, "ynnpack_weight_gradients", lambda: ynnpack)
+  for probe in ("onednn_available", "onednn_fusions_available", "eigen_products_available",
+                "eigen_convolutions_available"):
+    monkeypatch.setattr(cpu_matmul, probe, lambda: True)
+  fusions = ONEDNN_FUSIONS if expected else None
+  assert cpu_matmul.compiler_options("auto", "cpu", "ViT", 192) == fusions
+  assert cpu_matmul.compiler_options("auto", "cpu", "ViT", 384) == fusions
+  assert cpu_matmul.compiler_options("auto", "cpu", "ViT", 768) is None  # wider: slower on Intel
+  assert cpu_matmul.compiler_options("auto", "cpu", "Mixer", 384) is None
+  assert cpu_matmul.compiler_options("auto", "cpu", "ResNet+ViT", 768) is None
+  assert cpu_matmul.inference_options("auto", "cpu", "ViT", 192) is None
+  assert cpu_matmul.compiler_options("auto", "gpu", "ViT", 192) is None
+  # Asked for explicitly, the modes behave as on any CPU.
+  assert cpu_matmul.compiler_options("onednn", "cpu", "ViT", 192) == {
+      "xla_cpu_experimental_onednn_custom_call": True}
+  assert cpu_matmul.compiler_options("xla", "cpu", "ViT", 192) is None
+  monkeypatch.setattr(cpu_matmul, "onednn_fusions_available", lambda: False)
+  assert cpu_matmul.compiler_options("auto", "cpu", "ViT", 192) is None
 
 
 def test_the_weight_gradient_probe_agrees_with_the_compiler():
@@ -93,7 +125,7 @@ def test_the_weight_gradient_probe_agrees_with_the_compiler():
 def test_auto_asks_for_onednn_only_up_to_the_width_measured_faster(monkeypatch, name, expected):
   """Measured on an Intel Xeon: faster up to width 384, slower at 768 (docs/performance.md)."""
   monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: True)
-  monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: True)
+  monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: cpu_matmul.INTEL)
   width = registry.section(name)["hidden_size"]
   family = registry.family_of(name).name
   assert cpu_matmul.uses_onednn("auto", "cpu", family, width) is expected
@@ -169,7 +201,7 @@ def test_onednn_fusions_give_the_same_gradients():
 def test_inference_asks_for_eigen_only_under_auto_on_intel_cpus(monkeypatch):
   monkeypatch.setattr(cpu_matmul, "eigen_products_available", lambda: True)
   monkeypatch.setattr(cpu_matmul, "onednn_fusions_available", lambda: False)
-  monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: True)
+  monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: cpu_matmul.INTEL)
   eigen = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
   assert cpu_matmul.inference_options("auto", "cpu", "ViT", 192) == eigen
   assert cpu_matmul.inference_options("xla", "cpu", "ViT", 192) is None
@@ -177,9 +209,9 @@ def test_inference_asks_for_eigen_only_under_auto_on_intel_cpus(monkeypatch):
   assert cpu_matmul.inference_options("auto", "gpu", "ViT", 192) is None
   with pytest.raises(ValueError, match="cpu_matmul 'fast' is not one of"):
     cpu_matmul.inference_options("fast", "cpu", "ViT", 192)
-  monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: False)
+  monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: OTHER)
   assert cpu_matmul.inference_options("auto", "cpu", "ViT", 192) is None  # not measured on others
-  monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: True)
+  monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: cpu_matmul.INTEL)
   monkeypatch.setattr(cpu_matmul, "eigen_products_available", lambda: False)
   assert cpu_matmul.inference_options("auto", "cpu", "ViT", 192) is None
 
@@ -194,7 +226,7 @@ def test_auto_asks_for_onednn_fusions_only_where_measured_faster(monkeypatch, na
   """Measured on an Intel Xeon: ViT forward passes up to width 384 faster with jax 0.10.2."""
   monkeypatch.setattr(cpu_matmul, "eigen_products_available", lambda: True)
   monkeypatch.setattr(cpu_matmul, "onednn_fusions_available", lambda: True)
-  monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: True)
+  monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: cpu_matmul.INTEL)
   monkeypatch.setattr(cpu_matmul, "jaxlib_release", lambda: release)
   family, width = registry.family_of(name).name, registry.section(name)["hidden_size"]
   eigen = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
@@ -203,7 +235,7 @@ def test_auto_asks_for_onednn_fusions_only_where_measured_faster(monkeypatch, na
   assert cpu_matmul.inference_options("onednn", "cpu", family, width) == ONEDNN_FUSIONS
   assert cpu_matmul.inference_options("xla", "cpu", family, width) is None
   assert not cpu_matmul.uses_onednn_fusions("auto", "gpu", family, width)
-  monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: False)
+  monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: OTHER)
   assert not cpu_matmul.uses_onednn_fusions("auto", "cpu", family, width)
   monkeypatch.setattr(cpu_matmul, "onednn_fusions_available", lambda: False)
   assert cpu_matmul.inference_options("onednn", "cpu", family, width) is None
@@ -230,7 +262,7 @@ def test_the_onednn_fusion_probe_agrees_with_the_compiler():
 def test_training_asks_for_xla_convolutions_only_under_auto_on_intel_cpus(monkeypatch):
   monkeypatch.setattr(cpu_matmul, "eigen_convolutions_available", lambda: True)
   monkeypatch.setattr(cpu_matmul, "onednn_available", lambda: True)
-  monkeypatch.setattr(cpu_matmul, "intel_cpu", lambda: True)
+  monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: cpu_matmul.INTEL)
   convolutions = {"xla_cpu_experimental_ynn_fusion_type":
                   "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
   onednn = {"xla_cpu_experimental_onednn_custom_call": True}

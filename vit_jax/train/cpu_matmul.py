@@ -61,8 +61,18 @@ YNNPACK taking weight gradients. With jax 0.10.2 and 0.12.0.1 they moved it with
 (at batch 32 with jax 0.10.2, 5-7% faster in one process one day, yet not measurably so against
 timm in the benchmark; docs/performance.md), so those releases keep XLA's defaults.
 
+On a 2-core AMD EPYC (family 25, model 17) oneDNN's fusions made the ViT-Ti/16 and ViT-S/16
+training steps at batch 8 and 32 faster with jax 0.10.2 and with 0.12.1: 2-4% in one process in
+seven of the eight pairs (ViT-S/16 at batch 32 with jax 0.10.2 2% slower there), and 3-15% more
+img/s against timm in the benchmark with jax 0.10.2; TNT-S and T2T-ViT-14 moved within 1.1%
+with jax 0.10.2. No other library made the forward passes faster with both releases
+(docs/performance.md). So on AMD's processors `auto` asks for the fusions in training, with
+`AUTO_AMD_FUSION_RELEASE` or where YNNPACK takes the weight gradients, within the same widths
+and families, and for nothing else: the custom call (jax 0.12.0) and the hybrid's convolutions
+were not measured there.
+
 Modes: `onednn` asks for it wherever the probe succeeds; `xla` never does; `auto` does on Intel
-CPUs, where it was measured, for the widths it made faster there (hidden size up to
+and AMD CPUs, where it was measured, for the widths it made faster there (hidden size up to
 `AUTO_MAX_WIDTH`) except for the families it made slower (`AUTO_SKIPS`), and leaves other CPUs
 (not measured), wider models and accelerators alone; only `auto` asks for Eigen's products in
 inference and its convolutions in training, on Intel CPUs. In inference `onednn` asks for
@@ -75,6 +85,7 @@ import functools
 from typing import Any
 
 MODES = ("auto", "onednn", "xla")
+INTEL, AMD = "GenuineIntel", "AuthenticAMD"  # /proc/cpuinfo's vendor_id
 
 _OPTION = "xla_cpu_experimental_onednn_custom_call"
 _MARK = "__onednn$matmul"  # the custom call's target in the compiled HLO
@@ -98,6 +109,10 @@ AUTO_XLA_CONVOLUTIONS = ("ResNet+ViT",)
 # Forward passes whose products oneDNN's fusions made faster (Intel Xeon, jax 0.10.2), and the
 # first jaxlib release (major, minor) measured without the gain (0.12.0.1; 0.11 not measured).
 AUTO_ONEDNN_FUSION_FAMILIES = ("ViT",)
+# On an AMD EPYC (family 25, model 17) oneDNN's fusions made the training steps faster with jax
+# 0.12.1 (where `ynnpack_weight_gradients`) and with this release (major, minor), 0.10.2; jax 0.11
+# and 0.12.0 were not measured there.
+AUTO_AMD_FUSION_RELEASE = (0, 10)
 AUTO_ONEDNN_FUSIONS_BEFORE = (0, 11)
 _ONEDNN_FUSIONS = {"xla_cpu_use_onednn": True,
                    "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
@@ -126,9 +141,10 @@ def cpu_fields(cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]:
   return fields
 
 
-def intel_cpu(cpuinfo: str = "/proc/cpuinfo") -> bool:
-  """Whether the host processor is Intel's (False where /proc/cpuinfo is unreadable)."""
-  return cpu_fields(cpuinfo).get("vendor_id") == "GenuineIntel"
+def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
+  """The host processor's `vendor_id` (`INTEL`, `AMD`, ...; "" where /proc/cpuinfo is
+  unreadable)."""
+  return cpu_fields(cpuinfo).get("vendor_id", "")
 
 
 @functools.cache
@@ -157,16 +173,22 @@ def uses_onednn(mode: str, backend: str, family: str, width: int) -> bool:
 def training_onednn(mode: str, backend: str, family: str, width: int) -> dict[str, Any] | None:
   """The compiler options that put a training step's weight gradients in oneDNN (None: they
   stay where XLA:CPU puts them): its custom call where this jaxlib rewrites products to it,
-  else oneDNN's fusions, which take every lone product. Under `auto` only on Intel CPUs, up to
-  `AUTO_MAX_WIDTH` and outside `AUTO_SKIPS`, and the fusions only with releases whose YNNPACK
-  takes the weight gradients (`ynnpack_weight_gradients`), where they were measured faster."""
+  else oneDNN's fusions, which take every lone product. Under `auto` only on Intel and AMD CPUs,
+  up to `AUTO_MAX_WIDTH` and outside `AUTO_SKIPS`, and the fusions only with releases whose
+  YNNPACK takes the weight gradients (`ynnpack_weight_gradients`), where they were measured
+  faster; on AMD's never the custom call, and the fusions also with `AUTO_AMD_FUSION_RELEASE`."""
   problem = check_mode(mode)
   if problem:
     raise ValueError(problem)
   if backend != "cpu" or mode == "xla":
     return None
-  if mode == "auto" and (family in AUTO_SKIPS or width > AUTO_MAX_WIDTH or not intel_cpu()):
+  vendor = cpu_vendor() if mode == "auto" else ""
+  if mode == "auto" and (family in AUTO_SKIPS or width > AUTO_MAX_WIDTH
+                         or vendor not in (INTEL, AMD)):
     return None
+  if vendor == AMD:  # measured there with oneDNN's fusions only, not the custom call
+    measured = jaxlib_release() == AUTO_AMD_FUSION_RELEASE or ynnpack_weight_gradients()
+    return dict(_ONEDNN_FUSIONS) if measured and onednn_fusions_available() else None
   if onednn_available():
     return {_OPTION: True}
   if (mode == "onednn" or ynnpack_weight_gradients()) and onednn_fusions_available():
@@ -195,8 +217,8 @@ def compiler_options(mode: str, backend: str, family: str, width: int
   gradients where `uses_onednn` says so, and under `auto`, on an Intel CPU, the convolutions of
   the families in `AUTO_XLA_CONVOLUTIONS` in XLA's own kernels instead of YNNPACK's."""
   options: dict[str, Any] = training_onednn(mode, backend, family, width) or {}
-  if (mode == "auto" and backend == "cpu" and family in AUTO_XLA_CONVOLUTIONS and intel_cpu()
-      and eigen_convolutions_available()):
+  if (mode == "auto" and backend == "cpu" and family in AUTO_XLA_CONVOLUTIONS
+      and cpu_vendor() == INTEL and eigen_convolutions_available()):
     options[_FUSION_TYPES] = _NO_CONVOLUTIONS
   return options or None
 
@@ -250,7 +272,7 @@ def inference_options(mode: str, backend: str, family: str, width: int
   if backend != "cpu" or mode == "xla":
     return None
   options: dict[str, Any] = {}
-  if mode == "auto" and intel_cpu() and eigen_products_available():
+  if mode == "auto" and cpu_vendor() == INTEL and eigen_products_available():
     options[_FUSION_TYPES] = _NO_LONE_PRODUCTS
   if uses_onednn_fusions(mode, backend, family, width):
     options.update(_ONEDNN_FUSIONS)
@@ -267,7 +289,8 @@ def uses_onednn_fusions(mode: str, backend: str, family: str, width: int) -> boo
   if backend != "cpu" or mode == "xla":
     return False
   if mode == "auto" and (family not in AUTO_ONEDNN_FUSION_FAMILIES or width > AUTO_MAX_WIDTH
-                         or not intel_cpu() or jaxlib_release() >= AUTO_ONEDNN_FUSIONS_BEFORE):
+                         or cpu_vendor() != INTEL
+                         or jaxlib_release() >= AUTO_ONEDNN_FUSIONS_BEFORE):
     return False
   return onednn_fusions_available()
 
