@@ -109,11 +109,11 @@ AUTO_XLA_CONVOLUTIONS = ("ResNet+ViT",)
 # Forward passes whose products oneDNN's fusions made faster (Intel Xeon, jax 0.10.2), and the
 # first jaxlib release (major, minor) measured without the gain (0.12.0.1; 0.11 not measured).
 AUTO_ONEDNN_FUSION_FAMILIES = ("ViT",)
+AUTO_ONEDNN_FUSIONS_BEFORE = (0, 11)
 # On an AMD EPYC (family 25, model 17) oneDNN's fusions made the training steps faster with jax
 # 0.12.1 (where `ynnpack_weight_gradients`) and with this release (major, minor), 0.10.2; jax 0.11
 # and 0.12.0 were not measured there.
 AUTO_AMD_FUSION_RELEASE = (0, 10)
-AUTO_ONEDNN_FUSIONS_BEFORE = (0, 11)
 _ONEDNN_FUSIONS = {"xla_cpu_use_onednn": True,
                    "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 _ONEDNN_FUSION = "__onednn_fusion"  # the fusions' kind in the compiled HLO
