@@ -87,9 +87,10 @@ def test_training_asks_for_onednn_fusions_where_ynnpack_takes_weight_gradients(
     ((0, 11), False, False), ((0, 12), False, False)])  # 0.11, 0.12.0: not measured
 def test_auto_on_amd_cpus_asks_only_for_what_was_measured_there(monkeypatch, release, ynnpack,
                                                                   expected):
-  """Measured on an AMD EPYC: oneDNN's fusions made the ViT training steps faster; no library
-  made the forward passes faster with both releases, and neither the custom call nor the
-  hybrid's convolutions were measured there."""
+  """Measured on an AMD EPYC: oneDNN's fusions made the ViT training steps faster and Eigen's
+  products the hybrid's and the Mixer's forward passes; nothing made the ViTs' forward passes
+  faster with both releases, XLA's convolutions made the hybrid's training step slower, and the
+  custom call was not measured there."""
   monkeypatch.setattr(cpu_matmul, "cpu_vendor", lambda: cpu_matmul.AMD)
   monkeypatch.setattr(cpu_matmul, "jaxlib_release", lambda: release)
   monkeypatch.setattr(cpu_matmul, "ynnpack_weight_gradients", lambda: ynnpack)
@@ -103,7 +104,14 @@ def test_auto_on_amd_cpus_asks_only_for_what_was_measured_there(monkeypatch, rel
   assert cpu_matmul.compiler_options("auto", "cpu", "Mixer", 384) is None
   assert cpu_matmul.compiler_options("auto", "cpu", "ResNet+ViT", 768) is None
   assert cpu_matmul.inference_options("auto", "cpu", "ViT", 192) is None
+  for family in ("TNT", "T2T-ViT"):
+    assert cpu_matmul.inference_options("auto", "cpu", family, 384) is None
+  eigen = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+  assert cpu_matmul.inference_options("auto", "cpu", "ResNet+ViT", 768) == eigen
+  assert cpu_matmul.inference_options("auto", "cpu", "Mixer", 768) == eigen
+  assert cpu_matmul.inference_options("onednn", "cpu", "Mixer", 768) == ONEDNN_FUSIONS
   assert cpu_matmul.compiler_options("auto", "gpu", "ViT", 192) is None
+  assert cpu_matmul.inference_options("auto", "gpu", "Mixer", 768) is None
   # Asked for explicitly, the modes behave as on any CPU.
   assert cpu_matmul.compiler_options("onednn", "cpu", "ViT", 192) == {
       "xla_cpu_experimental_onednn_custom_call": True}

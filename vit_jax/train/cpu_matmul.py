@@ -65,18 +65,23 @@ On a 2-core AMD EPYC (family 25, model 17) oneDNN's fusions made the ViT-Ti/16 a
 training steps at batch 8 and 32 faster with jax 0.10.2 and with 0.12.1: 2-4% in one process in
 seven of the eight pairs (ViT-S/16 at batch 32 with jax 0.10.2 2% slower there), and 3-15% more
 img/s against timm in the benchmark with jax 0.10.2; TNT-S and T2T-ViT-14 moved within 1.1%
-with jax 0.10.2. No other library made the forward passes faster with both releases
-(docs/performance.md). So on AMD's processors `auto` asks for the fusions in training, with
+with jax 0.10.2. So on AMD's processors `auto` asks for the fusions in training, with
 `AUTO_AMD_FUSION_RELEASE` or where YNNPACK takes the weight gradients, within the same widths
-and families, and for nothing else: the custom call (jax 0.12.0) and the hybrid's convolutions
-were not measured there.
+and families; neither the custom call (jax 0.12.0) nor the hybrid's convolutions (XLA's made
+its training step 1-2% slower there, medians, with both releases) are asked for. In forward
+passes there, Eigen's products made the hybrid's and the Mixer's faster in every run with both
+releases, and moved the ViTs', TNT-S's and the T2T-ViTs' both ways or made them slower;
+oneDNN's fusions made the ViTs' faster with jax 0.12.1 only. So `auto` asks for Eigen's
+products in the forward passes of `AUTO_AMD_EIGEN_FAMILIES` there, and for nothing else
+(docs/performance.md).
 
 Modes: `onednn` asks for it wherever the probe succeeds; `xla` never does; `auto` does on Intel
 and AMD CPUs, where it was measured, for the widths it made faster there (hidden size up to
 `AUTO_MAX_WIDTH`) except for the families it made slower (`AUTO_SKIPS`), and leaves other CPUs
 (not measured), wider models and accelerators alone; only `auto` asks for Eigen's products in
-inference and its convolutions in training, on Intel CPUs. In inference `onednn` asks for
-oneDNN's fusions wherever the probe succeeds, `auto` as said above.
+inference (every family on Intel CPUs, `AUTO_AMD_EIGEN_FAMILIES` on AMD's) and its convolutions
+in training (on Intel CPUs). In inference `onednn` asks for oneDNN's fusions wherever the
+probe succeeds, `auto` as said above.
 """
 
 from __future__ import annotations
@@ -114,6 +119,10 @@ AUTO_ONEDNN_FUSIONS_BEFORE = (0, 11)
 # 0.12.1 (where `ynnpack_weight_gradients`) and with this release (major, minor), 0.10.2; jax 0.11
 # and 0.12.0 were not measured there.
 AUTO_AMD_FUSION_RELEASE = (0, 10)
+# Families whose forward passes Eigen's products made faster in every run on that AMD EPYC, with
+# jax 0.10.2 and 0.12.1 (R50+ViT-B/16 1.8-5.9%, Mixer-B/16 2.0-2.8%); the ViTs', TNT-S's and the
+# T2T-ViTs' were slower in some run.
+AUTO_AMD_EIGEN_FAMILIES = ("ResNet+ViT", "Mixer")
 _ONEDNN_FUSIONS = {"xla_cpu_use_onednn": True,
                    "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 _ONEDNN_FUSION = "__onednn_fusion"  # the fusions' kind in the compiled HLO
@@ -264,19 +273,27 @@ def _leaves_ynnpack(fn: Any, operands: tuple[Any, ...], fusion_types: str) -> bo
 def inference_options(mode: str, backend: str, family: str, width: int
                       ) -> dict[str, Any] | None:
   """`jax.jit`'s `compiler_options` for a forward pass of a model of `family` and hidden size
-  `width` (None: XLA's defaults): under `auto`, on an Intel CPU, its 2-D products in Eigen
-  instead of YNNPACK, or in oneDNN where `uses_onednn_fusions` says so."""
+  `width` (None: XLA's defaults): under `auto`, on an Intel CPU or for the AMD families measured
+  faster so, its 2-D products in Eigen instead of YNNPACK, or in oneDNN where
+  `uses_onednn_fusions` says so."""
   problem = check_mode(mode)
   if problem:
     raise ValueError(problem)
   if backend != "cpu" or mode == "xla":
     return None
   options: dict[str, Any] = {}
-  if mode == "auto" and cpu_vendor() == INTEL and eigen_products_available():
+  if mode == "auto" and _eigen_forward(family) and eigen_products_available():
     options[_FUSION_TYPES] = _NO_LONE_PRODUCTS
   if uses_onednn_fusions(mode, backend, family, width):
     options.update(_ONEDNN_FUSIONS)
   return options or None
+
+
+def _eigen_forward(family: str) -> bool:
+  """Whether `auto` gives a forward pass's lone products to Eigen on this CPU: every family's
+  on Intel's, `AUTO_AMD_EIGEN_FAMILIES`' on AMD's."""
+  vendor = cpu_vendor()
+  return vendor == INTEL or (vendor == AMD and family in AUTO_AMD_EIGEN_FAMILIES)
 
 
 def uses_onednn_fusions(mode: str, backend: str, family: str, width: int) -> bool:
