@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from vit_jax.models import registry
+from vit_jax.models.mixer import MlpMixer
 from vit_jax.models.vit import VisionTransformer
 from vit_jax.train import cpu_matmul, sharding
 from vit_jax.train.optim import make_optimizer, make_schedule
@@ -359,11 +360,19 @@ def _forward_text_and_logits(options, model=None):
 
 @pytest.mark.skipif(not cpu_matmul.eigen_products_available(),
                     reason="this jaxlib does not give lone products to YNNPACK")
-def test_eigen_products_give_the_same_logits():
-  """The option moves the forward pass's lone products out of YNNPACK, and changes only rounding."""
-  ours, logits = _forward_text_and_logits(None)
+@pytest.mark.parametrize("family", ["ViT", "ResNet+ViT", "Mixer"])
+def test_eigen_products_give_the_same_logits(family):
+  """The option moves the forward pass's lone products out of YNNPACK, and changes only rounding
+  (in the families `auto` gives it to on AMD CPUs too)."""
+  model = {"ViT": None,
+           "ResNet+ViT": VisionTransformer(num_classes=10, patch_size=1, hidden_size=64,
+                                           num_layers=2, num_heads=2, mlp_dim=128,
+                                           resnet_layers=(1,), resnet_width=32),
+           "Mixer": MlpMixer(num_classes=10, patch_size=8, hidden_size=64, num_layers=2,
+                             tokens_mlp_dim=32, channels_mlp_dim=128)}[family]
+  ours, logits = _forward_text_and_logits(None, model)
   theirs, eigen_logits = _forward_text_and_logits(
-      {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"})
+      {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}, model)
   assert _ynn_2d_products(ours) > 0 and _ynn_2d_products(theirs) == 0
   np.testing.assert_allclose(eigen_logits, logits, rtol=0, atol=1e-5 * np.abs(logits).max())
 
