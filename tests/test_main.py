@@ -107,7 +107,9 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_exit_4(tmp_path):
                    "File too large; there is no complete checkpoint yet; fix the cause and run "
                    "the same command to start again"]
   assert "Traceback" not in result.stderr
-  assert max(r["step"] for r in rows(workdir)) < 6  # stopped before the next save
+  # Stopped at the next save (step 6) at the latest, before starting it; at a logged step when
+  # the write had failed by then (how long a failing write takes varies).
+  assert not [p.name for p in (workdir / "checkpoints").iterdir() if p.name.startswith("6")]
   assert "Save Finalize thread (save_finalize) failed" in (workdir / "train.log").read_text()
 
 

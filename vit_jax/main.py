@@ -222,8 +222,9 @@ def _exit_quietly(status: int) -> None:
   """Exits after a failed write without the tracebacks its abandoned background I/O prints.
 
   The other writes of a failed checkpoint finish after Orbax's event loop has closed and report
-  "Event loop is closed" as unraisable exceptions, dozens of them; the run's one-line error has
-  said what happened.
+  "Event loop is closed" as unraisable exceptions, dozens of them. Those raised while the run
+  goes on are logged to train.log (`metrics`); those raised during the exit, when logging has
+  shut down, are dropped: the run's one-line error has said what happened.
   """
   sys.unraisablehook = lambda unraisable: None
   sys.exit(status)

@@ -1,5 +1,9 @@
+import asyncio
 import json
+import logging
+import sys
 
+from vit_jax.train import metrics
 from vit_jax.train.metrics import MetricWriter
 
 
@@ -27,3 +31,35 @@ def test_non_writing_process_writes_nothing(tmp_path):
   writer.truncate_after(0)
   writer.close()
   assert list(tmp_path.iterdir()) == []
+
+
+class _Finalizer:
+  """Calls `action` when it is deleted, where an exception can only be unraisable."""
+
+  def __init__(self, action):
+    self.action = action
+
+  def __del__(self):
+    self.action()
+
+
+def test_library_unraisables_go_to_train_log_and_others_pass_on(tmp_path, monkeypatch, capsys):
+  passed_on = []
+  monkeypatch.setattr(sys, "unraisablehook", passed_on.append)
+  logger = metrics.setup_logging(str(tmp_path))
+  try:
+    loop = asyncio.new_event_loop()
+    loop.close()  # as Orbax's loop is when TensorStore completes the rest of a failed write
+    _Finalizer(lambda: loop.call_soon_threadsafe(print))
+    _Finalizer(lambda: int("not a number"))
+  finally:
+    root = logging.getLogger()
+    for handler in [*logger.handlers, *root.handlers]:
+      if handler in logger.handlers or getattr(handler, "vit_jax_library_log", False):
+        handler.close()
+        (logger if handler in logger.handlers else root).removeHandler(handler)
+  log = (tmp_path / "train.log").read_text().splitlines()
+  assert len(log) == 1 and log[0].endswith("unraisable ERROR unraisable RuntimeError: Event loop "
+                                           "is closed")
+  assert [type(u.exc_value) for u in passed_on] == [ValueError]
+  assert "Event loop" not in capsys.readouterr().err

@@ -300,7 +300,7 @@ def train(config: Any, data: Dataset, workdir: str, stop: StopRequest | None = N
       if log_now or eval_now or save_now or stop_now:
         finite.flush()  # nothing non-finite is logged as a result, evaluated or saved
       if log_now:
-        checkpoints.check()  # a failed background write stops the run here at the latest
+        checkpoints.check()  # a background write that has failed by now stops the run
         row.update(jax.device_get(metrics))
         elapsed = time.perf_counter() - window_start
         img_per_sec = window_steps * config.batch_size / elapsed if window_steps else 0.0

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from typing import Any
 
 import tqdm
@@ -56,14 +57,43 @@ class _FirstLine(logging.Formatter):
     return f"{self.formatTime(record)} {record.name} {record.levelname} {lines[0][:1000]}"
 
 
+class _LibraryUnraisable:
+  """A `sys.unraisablehook` that turns library reports into log records, passing on the rest.
+
+  A failed checkpoint write ends Orbax's event loop while TensorStore still completes the
+  write's other parts; each of them then raises "Event loop is closed" in asyncio where nothing
+  can catch it, and Python prints a traceback for each (dozens, while training goes on).
+  """
+
+  def __init__(self, previous: Any):
+    self.previous = previous
+
+  def __call__(self, unraisable: Any) -> None:
+    frames = traceback.extract_tb(unraisable.exc_traceback)
+    where = frames[-1] if frames else traceback.FrameSummary("", 0, "")
+    error = unraisable.exc_value
+    record = logging.LogRecord("unraisable", logging.ERROR, where.filename, where.lineno or 0,
+                               "unraisable %s: %s", (type(error).__name__, error), None)
+    if from_library(record):
+      logging.getLogger().handle(record)  # reaches train.log through the library handler
+    else:
+      self.previous(unraisable)
+
+
 class _NotFromLibrary(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     return not from_library(record)
 
 
 def _route_library_records(workdir: str, write: bool) -> None:
-  """Keeps `LIBRARY_SOURCES` records off absl's console handler and (if `write`) in train.log."""
+  """Keeps `LIBRARY_SOURCES` records off absl's console handler and (if `write`) in train.log.
+
+  Their unraisable exceptions become such records too.
+  """
   from absl import logging as absl_logging
+
+  if not isinstance(sys.unraisablehook, _LibraryUnraisable):
+    sys.unraisablehook = _LibraryUnraisable(sys.unraisablehook)
 
   console = absl_logging.get_absl_handler()
   if not any(isinstance(f, _NotFromLibrary) for f in console.filters):
