@@ -17,6 +17,11 @@ AMD = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1
 OTHER = "CentaurHauls"  # a vendor none of auto's choices was measured on
 ONEDNN_FUSIONS = {"xla_cpu_use_onednn": True,
                   "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+# jaxlib 0.12.1 aborts the process ("Check failed: available_.size() == num_created_" in XLA's
+# object_pool.h) when an executable with oneDNN fusions is destroyed while a worker thread is
+# still handing a fusion's runtime back to its pool, just after the outputs became ready. So
+# the executables these tests run are kept until the session ends, not dropped on return.
+_RAN: list = []
 
 
 def test_modes_are_checked():
@@ -173,6 +178,7 @@ def _one_step(options, **model_settings):
            "label": rng.integers(0, 10, 16).astype(np.int32), "mask": np.ones(16, np.float32)}
   batch = sharding.global_batch(batch, mesh)
   compiled = step.lower(state, batch).compile()
+  _RAN.append(compiled)
   new, _ = compiled(state, batch)
   # With SGD at learning rate 1 the update is minus the gradient.
   grads = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), state.params, new.params)
@@ -355,6 +361,7 @@ def _forward_text_and_logits(options, model=None):
   params = jax.tree.map(lambda p: p + 0.02 * np.random.default_rng(1).normal(size=p.shape), params)
   compiled = jax.jit(lambda p, x: model.apply({"params": p}, x),
                      compiler_options=options).lower(params, images).compile()
+  _RAN.append(compiled)
   return compiled.as_text(), np.asarray(compiled(params, images))
 
 
