@@ -52,12 +52,12 @@ def test_library_unraisables_go_to_train_log_and_others_pass_on(tmp_path, monkey
     loop.close()  # as Orbax's loop is when TensorStore completes the rest of a failed write
     _Finalizer(lambda: loop.call_soon_threadsafe(print))
     _Finalizer(lambda: int("not a number"))
-  finally:
-    root = logging.getLogger()
-    for handler in [*logger.handlers, *root.handlers]:
-      if handler in logger.handlers or getattr(handler, "vit_jax_library_log", False):
-        handler.close()
-        (logger if handler in logger.handlers else root).removeHandler(handler)
+  finally:  # the run's handlers, and the library handler on the root logger
+    for owner in (logger, logging.getLogger()):
+      for handler in list(owner.handlers):
+        if owner is logger or getattr(handler, "vit_jax_library_log", False):
+          handler.close()
+          owner.removeHandler(handler)
   log = (tmp_path / "train.log").read_text().splitlines()
   assert len(log) == 1 and log[0].endswith("unraisable ERROR unraisable RuntimeError: Event loop "
                                            "is closed")
